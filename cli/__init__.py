@@ -1,0 +1,1 @@
+"""The `kaec` command line: a thin Typer layer over the kaecompress library."""

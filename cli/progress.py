@@ -1,0 +1,72 @@
+"""Rich rendering for the CLI: progress bars for sweeps and runs, and tables."""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+# Progress and messages go to stderr, tables to stdout; off a terminal, tables get room instead of 80 columns.
+console = Console(stderr=True)
+out = Console(width=None if sys.stdout.isatty() else 200)
+
+
+class _RunProgress:
+    """The per-run bar: inputs seen of the budget, train loss, samples/s and ETA."""
+
+    def __init__(self, bars: Progress, task) -> None:
+        self.bars, self.task = bars, task
+
+    def start(self, total: int, done: int) -> None:
+        self.bars.update(self.task, total=total, completed=done, visible=True)
+        self.bars.reset(self.task, total=total, completed=done, start=True)
+
+    def update(self, inputs: int, loss: float, throughput: float) -> None:
+        self.bars.update(self.task, completed=inputs, loss=f"loss {loss:.5f}", speed=f"{throughput:,.0f}/s")
+
+    def validated(self, inputs: int, val_loss: float) -> None:
+        self.bars.update(self.task, val=f"val {val_loss:.5f}")
+
+
+class SweepProgress:
+    """An overall bar (run i/N, ETA) above the current run's bar."""
+
+    def __init__(self, n_runs: int, quiet: bool = False) -> None:
+        self.bars = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[loss]}"), TextColumn("{task.fields[val]}"), TextColumn("{task.fields[speed]}"),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=quiet or not sys.stderr.isatty(),
+        )
+        self.overall = self.bars.add_task("runs", total=n_runs, loss="", val="", speed="")
+        self.run = self.bars.add_task("run", total=1, loss="", val="", speed="", visible=False, start=False)
+        self.quiet = quiet
+        self._index = 0
+
+    def __enter__(self):
+        self.bars.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.bars.__exit__(*exc)
+
+    def stop(self) -> None:
+        self.bars.stop()
+
+    def on_run(self, index: int, cfg, status: str):
+        self.bars.update(self.overall, completed=index)
+        self.bars.update(self.run, description=f"{cfg.matrix_id} {cfg.matrix_slug}", loss="", val="", speed="")
+        if self.bars.disable and not self.quiet:  # no live bars (not a terminal): one line per run
+            verb = "skip" if status in ("finished", "diverged") else ("resume" if status == "interrupted" else "train")
+            print(f"[{index + 1}] {verb} {cfg.experiment_name}/{cfg.matrix_slug}", file=sys.stderr, flush=True)
+        return _RunProgress(self.bars, self.run)
+
+
+def runs_table(rows: list[dict], columns: list[str], title: str | None = None) -> Table:
+    table = Table(title=title, title_justify="left")
+    for c in columns:
+        table.add_column(c, justify="left" if c in ("matrix_slug", "status", "dir") else "right")
+    for r in rows:
+        table.add_row(*(str(r.get(c, "")) for c in columns))
+    return table

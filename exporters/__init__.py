@@ -1,0 +1,1 @@
+"""Exporters: ONNX, TorchScript and torch.export artefacts of CNN-KAE encoders and decoders."""

@@ -1,0 +1,119 @@
+"""CNN-KAE autoencoders: an unpadded convolution stack around a KAE (or Linear) bottleneck."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from kaecompress.activations import check_activation, make_activation
+from kaecompress.errors import KaecError
+from kaecompress.layers import KAELayer
+
+
+class Reshape(nn.Module):
+    """Reshape the last dimension to `shape`, keeping any leading batch dimensions."""
+
+    def __init__(self, shape: Sequence[int]) -> None:
+        super().__init__()
+        self.shape = tuple(int(s) for s in shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(*x.shape[:-1], *self.shape)
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}"
+
+
+def dense(in_features: int, out_features: int, kae_order: int) -> nn.Module:
+    """A KAELayer of `kae_order` > 0, else a plain Linear layer."""
+    if kae_order > 0:
+        return KAELayer(in_features, out_features, order=kae_order)
+    return nn.Linear(in_features, out_features)
+
+
+def _append(layers: list[nn.Module], activation: str | None) -> None:
+    module = make_activation(activation)
+    if module is not None:
+        layers.append(module)
+
+
+class CNNKAE(nn.Module):
+    """Convolutional autoencoder with a dense bottleneck, KAE polynomial on either side.
+
+    `encoder` maps (N, C, H, W) images in [0, 1] to (N, latent_dim) latents; `decoder` maps them back.
+    Both are plain nn.Sequential modules and work on their own.
+    """
+
+    def __init__(
+        self,
+        shape: Sequence[int] = (1, 28, 28),
+        latent_dim: int = 16,
+        channels: Sequence[int] = (32,),
+        kernel_size: int = 7,
+        encoder_kae_order: int = 0,
+        decoder_kae_order: int = 0,
+        activation: str | None = "relu",
+        latent_activation: str | None = None,
+        output_activation: str | None = None,
+    ) -> None:
+        super().__init__()
+        shape = tuple(int(s) for s in shape)
+        channels = [int(c) for c in channels]
+        if len(shape) != 3 or min(shape) < 1:
+            raise KaecError(f"model.shape: expected (channels, height, width), got {shape}")
+        if not channels or min(channels) < 1:
+            raise KaecError(f"model.channels: expected a non-empty list of positive integers, got {channels}")
+        if kernel_size < 1 or latent_dim < 1 or encoder_kae_order < 0 or decoder_kae_order < 0:
+            raise KaecError("model: kernel_size and latent_dim must be >= 1, KAE orders >= 0")
+        shrink = (kernel_size - 1) * len(channels)
+        height, width = shape[1] - shrink, shape[2] - shrink
+        if height < 1 or width < 1:
+            raise KaecError(
+                f"model: {len(channels)} unpadded convolutions of kernel {kernel_size} "
+                f"do not fit a {shape[1]}x{shape[2]} input"
+            )
+        self.config = {
+            "shape": list(shape),
+            "latent_dim": int(latent_dim),
+            "channels": channels,
+            "kernel_size": int(kernel_size),
+            "encoder_kae_order": int(encoder_kae_order),
+            "decoder_kae_order": int(decoder_kae_order),
+            "activation": check_activation(activation, "model.activation"),
+            "latent_activation": check_activation(latent_activation, "model.latent_activation"),
+            "output_activation": check_activation(output_activation, "model.output_activation"),
+        }
+        self.shape = shape
+        self.latent_dim = int(latent_dim)
+        feature_shape = (channels[-1], height, width)
+        flat = channels[-1] * height * width
+
+        enc: list[nn.Module] = []
+        for c_in, c_out in zip([shape[0], *channels[:-1]], channels):
+            enc.append(nn.Conv2d(c_in, c_out, kernel_size))
+            _append(enc, activation)
+        enc += [nn.Flatten(start_dim=-3), dense(flat, latent_dim, encoder_kae_order)]
+        _append(enc, latent_activation)
+        self.encoder = nn.Sequential(*enc)
+
+        dec: list[nn.Module] = [dense(latent_dim, flat, decoder_kae_order), Reshape(feature_shape)]
+        outs = [*reversed(channels[:-1]), shape[0]]
+        for i, (c_in, c_out) in enumerate(zip(reversed(channels), outs)):
+            dec.append(nn.ConvTranspose2d(c_in, c_out, kernel_size))
+            _append(dec, activation if i < len(outs) - 1 else output_activation)
+        self.decoder = nn.Sequential(*dec)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
+    @property
+    def compression_ratio(self) -> float:
+        """Input values per latent value (784 / 16 = 49 for MNIST with a 16-dim latent)."""
+        c, h, w = self.shape
+        return c * h * w / self.latent_dim
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

