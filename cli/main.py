@@ -20,18 +20,22 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
-) -> None:
-    """Image compression with CNN autoencoders whose bottlenecks are Kolmogorov-Arnold (KAE) layers.
-
-    Add --debug anywhere to see a traceback instead of a one-line error."""
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         from kaecompress import __version__
 
         print(f"kaecompress {__version__}")
         raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True,
+                                 callback=_print_version),
+) -> None:
+    """Image compression with CNN autoencoders whose bottlenecks are Kolmogorov-Arnold (KAE) layers.
+
+    Add --debug anywhere to see a traceback instead of a one-line error."""
 
 
 RUNS_DIR = typer.Option(Path("runs"), "--runs-dir", help="Folder holding one folder per experiment run.",
@@ -99,6 +103,91 @@ def train(
         raise typer.Exit(1)
 
 
+MULTI_VALUE = {"-ec", "--exclude", "-sc", "--sort"}
+
+
+@app.command()
+def results(
+    config: Path = CONFIG,
+    runs_dir: Path = RUNS_DIR,
+    exclude: Optional[List[str]] = typer.Option(None, "-ec", "--exclude", help="Columns to leave out; several "
+                                                "may follow one flag."),
+    sort: Optional[List[str]] = typer.Option(None, "-sc", "--sort", help="Sort columns, first primary; a "
+                                             "trailing '-' sorts descending."),
+    aggregate: Optional[str] = typer.Option(None, "-ac", "--aggregate", help="Merge runs that differ only in "
+                                            "this column (e.g. trial): means and a count column."),
+    aggregate_stats: Optional[List[str]] = typer.Option(None, "-acs", "--aggregate-stats", help="Add (std), "
+                                                        "(min) and (max) after this column."),
+    fmt: str = typer.Option("markdown", "-f", "--format", help="markdown, csv or json."),
+    hide_constant: bool = typer.Option(False, "--hide-constant", help="Leave out columns that never change."),
+) -> None:
+    """Print the experiment's results table (unfinished and diverged runs included, marked as such)."""
+    from kaecompress.config import load_experiment
+    from kaecompress.results import FORMATS, results_table
+
+    if fmt not in FORMATS:
+        raise KaecError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    table = results_table(load_experiment(config), runs_dir, exclude_columns=exclude or [],
+                          sort_columns=sort or [], aggregate_column=aggregate,
+                          aggregate_stats=aggregate_stats or [], hide_constant_columns=hide_constant)
+    sys.stdout.write(FORMATS[fmt](table))
+
+
+@app.command()
+def plot(
+    config: Path = CONFIG,
+    output: Path = typer.Option(..., "-o", "--output", help="Image file to write (.png, .svg, .pdf)."),
+    runs_dir: Path = RUNS_DIR,
+    only: Optional[List[str]] = typer.Option(None, "--only", help="Only runs whose slug matches; repeatable."),
+    color_by: Optional[str] = typer.Option(None, "--color-by", help="Matrix key whose value picks the colour."),
+    log: bool = typer.Option(False, "--log", help="Logarithmic loss axis."),
+    recon: bool = typer.Option(False, "--recon", help="Instead of loss curves: originals above the "
+                               "reconstructions of each selected finished run, for fixed validation images."),
+    images: int = typer.Option(10, "--images", min=1, max=32, help="Validation images in a --recon grid."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset root for --recon."),
+) -> None:
+    """Plot loss curves of an experiment's runs, or a reconstruction grid."""
+    from kaecompress.config import load_experiment
+    from kaecompress.sweep import run_dir, select
+
+    selected = select(load_experiment(config), only)
+    if recon:
+        from kaecompress.data import load_images
+        from kaecompress.plots import plot_reconstructions
+        from kaecompress.runs import run_status
+        from kaecompress.train import load_trained_model
+
+        done = [r for r in selected if run_status(run_dir(runs_dir, r)) == "finished"][:8]
+        if not done:
+            raise KaecError(f"{config}: no finished run among the selected ones; train them first")
+        first = done[0]
+        val = load_images(first.data.dataset, False, data_root or first.data.root, first.model.shape)
+        models = [(r.matrix_slug, load_trained_model(run_dir(runs_dir, r))) for r in done]
+        path = plot_reconstructions(models, val[:images], output)
+    else:
+        from kaecompress.plots import plot_curves
+
+        path = plot_curves(selected, runs_dir, output, color_by=color_by, log=log)
+    print(path)
+
+
+def _expand_multi_value(argv: list[str]) -> list[str]:
+    """`-ec a b c` -> `-ec a -ec b -ec c`, as the study typed it (click options take one value each)."""
+    out, flag = [], None
+    for arg in argv:
+        if arg in MULTI_VALUE:
+            flag = arg
+            out.append(arg)
+            continue
+        if flag and out[-1] != flag and not arg.startswith("-"):
+            out += [flag, arg]
+            continue
+        if arg.startswith("-"):
+            flag = None
+        out.append(arg)
+    return out
+
+
 def _summary_row(s: dict) -> dict:
     def num(v, fmt):
         return "" if v is None else format(v, fmt)
@@ -116,7 +205,7 @@ def main() -> None:
     """Console entry point: user mistakes become one line on stderr and exit 2 (`--debug` shows the trace)."""
     argv = sys.argv[1:]
     debug = "--debug" in argv or os.environ.get("KAEC_DEBUG") == "1"
-    argv = [a for a in argv if a != "--debug"]
+    argv = _expand_multi_value([a for a in argv if a != "--debug"])
     try:
         app(args=argv, prog_name="kaec")
     except KaecError as e:

@@ -62,7 +62,7 @@ class TrainConfig:
     device: str = "auto"
     validation_batch_size: int = 1000
     log_every: int = 1000
-    checkpoint_every_s: float = 120.0
+    checkpoint_every_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -229,11 +229,14 @@ def slug_value(value: Any) -> str:
     return re.sub(r"[^\w.,+\-\[\]()=]", "-", text)
 
 
-def expand(raw: dict, source: str) -> tuple[dict[str, list], list[RunConfig]]:
-    """All runs of an experiment mapping, in matrix order."""
+def expand(raw: dict, source: str, text: str | None = None) -> tuple[dict[str, list], list[RunConfig]]:
+    """All runs of an experiment mapping (native or the study's format), in matrix order."""
+    from kaecompress.studyformat import display_value, is_study_format, study_to_native
+
     if not isinstance(raw, dict):
         raise KaecError(f"{source}: expected a mapping at the top level")
     raw = dict(raw)
+    study = is_study_format(raw)
     matrix = raw.pop("matrix", None) or {}
     exclude = raw.pop("exclude", None) or []
     if not isinstance(matrix, dict) or not all(isinstance(v, list) and v for v in matrix.values()):
@@ -248,8 +251,12 @@ def expand(raw: dict, source: str) -> tuple[dict[str, list], list[RunConfig]]:
         trial = values.get("trial", 0)
         if not isinstance(trial, int) or isinstance(trial, bool):
             raise KaecError(f"{source}: matrix.trial: expected integers, got {trial!r}")
+        run_raw = substitute(raw, values, source)
+        if study:
+            run_raw = study_to_native(run_raw, source, text)
+            values = {k: display_value(v) for k, v in values.items()}
         slug = "_".join(f"{k}:{slug_value(v)}" for k, v in values.items()) or "run"
-        runs.append(build_run(substitute(raw, values, source), source, trial=trial, matrix=values,
+        runs.append(build_run(run_raw, source, trial=trial, matrix=values,
                               matrix_id=str(i).zfill(width), matrix_slug=slug))
     if not runs:
         raise KaecError(f"{source}: exclude drops every combination of the matrix")
@@ -271,6 +278,5 @@ def load_experiment(path: str | Path) -> Experiment:
         mark = getattr(e, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
         raise KaecError(f"{path}:{line} invalid YAML ({getattr(e, 'problem', None) or e})") from None
-    matrix, runs = expand(raw, str(path))
-    return Experiment(path, runs[0].experiment_name if len(runs) == 1 else str(raw.get("experiment_name")),
-                      matrix, runs)
+    matrix, runs = expand(raw, str(path), text)
+    return Experiment(path, str(raw.get("experiment_name")), matrix, runs)

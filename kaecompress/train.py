@@ -156,6 +156,8 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, data_root: str | Path | No
         train_images = train_images.to(dev)
 
     run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in run_dir.glob(".*.tmp"):  # left by a write that a kill -9 cut short
+        stale.unlink(missing_ok=True)
     import yaml
 
     runs.atomic_write_text(run_dir / runs.CONFIG, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -334,3 +336,19 @@ def _optimizer_to(optimizer, dev: torch.device) -> None:
         for k, v in st.items():
             if isinstance(v, torch.Tensor) and k != "step":
                 st[k] = v.to(dev)
+
+
+def load_trained_model(run_dir: str | Path) -> CNNKAE:
+    """The model of a finished run, in eval mode."""
+    run_dir = Path(run_dir)
+    path = run_dir / runs.CHECKPOINT
+    if runs.run_status(run_dir) != "finished" or not path.is_file():
+        raise KaecError(f"{run_dir}: not a finished run (status: {runs.run_status(run_dir)}); train it first")
+    ckpt = load_checkpoint(path)
+    try:
+        model = CNNKAE(**ckpt["config"]["model"])
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, TypeError, RuntimeError) as e:
+        raise KaecError(f"{path}: the checkpoint's config does not match its weights "
+                        f"({str(e).splitlines()[0]})") from None
+    return model.eval()

@@ -10,9 +10,11 @@ from conftest import TINY, kaec, write_config
 def test_help_is_instant_because_torch_is_not_imported():
     code = "import sys, kaecompress.cli.main as m; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
-    for args in ([], ["train"], ["--version"]):
+    for args in ([], ["train"], ["results"], ["plot"]):
         r = kaec(*args, "--help")
         assert r.returncode == 0 and "Usage" in r.stdout
+    r = kaec("--version")
+    assert r.returncode == 0 and r.stdout.startswith("kaecompress ")
 
 
 def test_train_end_to_end_and_rerun_skips(tmp_path, mnist_root):

@@ -1,0 +1,109 @@
+"""Figures: loss curves of an experiment's runs and reconstruction grids of trained models (matplotlib)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from kaecompress import runs
+from kaecompress.config import RunConfig
+from kaecompress.errors import KaecError
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display needed
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, out: Path) -> Path:
+    """Render to a temporary file next to `out`, then rename: a failed save leaves no half-written image."""
+    import tempfile
+
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise KaecError(f"{out}: folder {out.parent} does not exist")
+    fmt = out.suffix.lstrip(".").lower() or "png"
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with open(fd, "wb") as f:
+            fig.savefig(f, format=fmt, dpi=120, bbox_inches="tight")
+        Path(tmp).replace(out)
+    except ValueError as e:  # unknown image format
+        raise KaecError(f"{out}: cannot write this image format ({e})") from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return out
+
+
+def plot_curves(selected: Sequence[RunConfig], runs_root: str | Path, out: str | Path, *,
+                color_by: str | None = None, log: bool = False, validation: bool = True) -> Path:
+    """Train loss (lines) and validation loss (dots) against inputs seen, one line per run; runs sharing
+    the value of matrix key `color_by` share a colour."""
+    from kaecompress.sweep import run_dir
+
+    if color_by is not None and selected and color_by not in selected[0].matrix:
+        raise KaecError(f"--color-by {color_by!r}: not a matrix key (keys: {', '.join(selected[0].matrix)})")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    groups: dict[str, str] = {}
+    cmap = plt.get_cmap("tab10")
+    plotted = 0
+    for cfg in selected:
+        metrics = runs.read_metrics(run_dir(runs_root, cfg))
+        train = [(m["inputs"], m["train_loss"]) for m in metrics if m.get("train_loss") is not None]
+        if not train:
+            continue
+        key = str(cfg.matrix.get(color_by)) if color_by else cfg.matrix_slug
+        color = groups.setdefault(key, cmap(len(groups) % 10))
+        label = f"{color_by}={key}" if color_by else key
+        labelled = label in {t.get_label() for t in ax.get_lines()}
+        ax.plot(*zip(*train), color=color, lw=1, alpha=0.8, label=None if labelled else label)
+        val = [(m["inputs"], m["val_loss"]) for m in metrics if m.get("val_loss") is not None]
+        if validation and val:
+            ax.plot(*zip(*val), "o--", color=color, ms=3, lw=0.8, alpha=0.9)
+        plotted += 1
+    if not plotted:
+        raise KaecError("no run of the selection has logged any loss yet: train it first")
+    ax.set_xlabel("inputs seen")
+    ax.set_ylabel("MSE loss (lines: train, dots: validation)")
+    if log:
+        ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper right", ncol=1 if len(groups) <= 12 else 2)
+    name = selected[0].experiment_name
+    ax.set_title(f"{name}: {plotted} run{'s' if plotted != 1 else ''}")
+    path = _save(fig, Path(out))
+    plt.close(fig)
+    return path
+
+
+def plot_reconstructions(models: Sequence[tuple[str, object]], images, out: str | Path) -> Path:
+    """Originals in the top row, then one row of reconstructions per (label, model)."""
+    import torch
+
+    plt = _pyplot()
+    n = len(images)
+    rows = 1 + len(models)
+    fig, axes = plt.subplots(rows, n, figsize=(n * 1.1, rows * 1.25), squeeze=False)
+    recon = []
+    with torch.no_grad():
+        for _, model in models:
+            model.eval()
+            recon.append(model(images).clamp(0, 1))
+    for r, (label, batch) in enumerate([("original", images), *zip([m[0] for m in models], recon)]):
+        for c in range(n):
+            img = batch[c].permute(1, 2, 0).squeeze(-1).cpu().numpy()
+            ax = axes[r][c]
+            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
+    fig.subplots_adjust(wspace=0.05, hspace=0.05)
+    path = _save(fig, Path(out))
+    plt.close(fig)
+    return path
