@@ -155,20 +155,65 @@ def plot(
         from kaecompress.data import load_images
         from kaecompress.plots import plot_reconstructions
         from kaecompress.runs import run_status
-        from kaecompress.train import load_trained_model
+        from kaecompress.zoo import load_run
 
         done = [r for r in selected if run_status(run_dir(runs_dir, r)) == "finished"][:8]
         if not done:
             raise KaecError(f"{config}: no finished run among the selected ones; train them first")
         first = done[0]
         val = load_images(first.data.dataset, False, data_root or first.data.root, first.model.shape)
-        models = [(r.matrix_slug, load_trained_model(run_dir(runs_dir, r))) for r in done]
+        models = [(r.matrix_slug, load_run(run_dir(runs_dir, r)).model) for r in done]
         path = plot_reconstructions(models, val[:images], output)
     else:
         from kaecompress.plots import plot_curves
 
         path = plot_curves(selected, runs_dir, output, color_by=color_by, log=log)
     print(path)
+
+
+@app.command("export")
+def export_command(
+    source: Optional[str] = typer.Argument(None, help="Finished run folder, checkpoint file or trained model name."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Folder to create for the artefacts."),
+    formats: Optional[List[str]] = typer.Option(None, "--format", help="onnx, torchscript or pt2; repeatable "
+                                                "(default: all three)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
+    verify_only: Optional[Path] = typer.Option(None, "--verify-only", help="Re-check an existing export folder "
+                                               "against its manifest and source model; write nothing."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset root for the verification images."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Export the encoder and decoder to ONNX, TorchScript and torch.export, verified against PyTorch."""
+    from kaecompress.data import load_images
+    from kaecompress.exporters import FORMATS, check_formats, export, read_manifest, verify_dir
+    from kaecompress.zoo import load_model
+
+    if verify_only is not None:
+        manifest = read_manifest(verify_only)
+        loaded = load_model(source or manifest["source"])
+    else:
+        if source is None or output is None:
+            raise KaecError("export: give a SOURCE (run folder, checkpoint or model name) and -o OUTDIR")
+        check_formats(formats or FORMATS)
+        loaded = load_model(source)
+    images = load_images(loaded.dataset, False, data_root, loaded.model.shape)[:64]
+    if verify_only is not None:
+        report = verify_dir(verify_only, loaded.model, images)
+        result = {"folder": str(verify_only), "source": loaded.name, "verified": report}
+    else:
+        paths = export(loaded.model, output, formats or FORMATS, images=images, source=loaded.name,
+                       weights_sha256=loaded.weights_sha256, force=force)
+        report = read_manifest(output)["verification"]["max_abs_diff"]
+        result = {"folder": str(output), "source": loaded.name,
+                  "files": {fmt: [str(p) for p in ps] for fmt, ps in paths.items()}, "verified": report}
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    from kaecompress.cli.progress import out, runs_table
+
+    rows = [{"file": name, **{k: f"{v:.2e}" for k, v in diffs.items()}} for name, diffs in report.items()]
+    out.print(runs_table(rows, ["file", "batch 1", "batch 37"],
+                         title=f"{result['folder']}: max abs diff vs PyTorch (tolerance 1e-4), all verified"))
 
 
 def _expand_multi_value(argv: list[str]) -> list[str]:

@@ -1,1 +1,175 @@
-"""Exporters: ONNX, TorchScript and torch.export artefacts of CNN-KAE encoders and decoders."""
+"""Deployable artefacts of a CNN-KAE model: encoder and decoder as ONNX (with the KAE layer as the named
+op kaecompress.KAEPoly), TorchScript and torch.export files, a JSON manifest, and built-in verification
+against PyTorch on real validation images.
+
+    from kaecompress.exporters import export
+    paths = export(model, "exported/", formats=("onnx", "torchscript", "pt2"), images=val_images)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+from kaecompress import __version__
+from kaecompress.errors import KaecError
+from kaecompress.exporters.formats import EXTENSIONS, PARTS, WRITERS, load_runner
+from kaecompress.models import CNNKAE
+from kaecompress.runs import atomic_write_json, public_mode, read_json
+
+MANIFEST = "manifest.json"
+TOLERANCE = 1e-4
+BATCH_SIZES = (1, 37)
+FORMATS = tuple(WRITERS)
+
+__all__ = ["export", "export_onnx", "export_torchscript", "export_pt2", "verify", "verify_dir", "FORMATS",
+           "MANIFEST"]
+
+
+class VerificationError(KaecError):
+    """An artefact's outputs differ from PyTorch's by more than the tolerance."""
+
+
+def check_formats(formats: Iterable[str]) -> tuple[str, ...]:
+    formats = tuple(dict.fromkeys(formats))
+    bad = [f for f in formats if f not in WRITERS]
+    if bad or not formats:
+        raise KaecError(f"--format {bad[0] if bad else ''!r}: unknown format (expected: {', '.join(FORMATS)})")
+    return formats
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _metadata(model: CNNKAE, source: str, weights: str) -> dict:
+    c, h, w = model.shape
+    return {"kaecompress_version": __version__, "source": source, "weights_sha256": weights,
+            "model_config": model.config, "input_shape": ["batch", c, h, w], "input_range": [0.0, 1.0],
+            "latent_dim": model.latent_dim}
+
+
+def verify(folder: Path, model: CNNKAE, images: torch.Tensor, files: Iterable[str] | None = None) -> dict:
+    """Run each artefact in its own runtime on `images` at batch sizes 1 and 37 and compare with the PyTorch
+    model. Returns {file: {"batch 1": max_abs_diff, ...}}; raises VerificationError past the tolerance."""
+    model = model.eval()
+    report, failures = {}, []
+    files = files or sorted(p.name for p in folder.iterdir() if p.suffix.lstrip(".") in EXTENSIONS.values())
+    for name in files:
+        part = name.split(".")[0]
+        run = load_runner(folder / name)
+        report[name] = {}
+        for batch in BATCH_SIZES:
+            x = images[:batch].float()
+            with torch.no_grad():
+                if part == "decoder":
+                    x = model.encoder(x)
+                expected = getattr(model, part)(x)
+            got = run(x.contiguous())
+            if got.shape != expected.shape:
+                failures.append(f"{name} batch {batch}: shape {tuple(got.shape)} != {tuple(expected.shape)}")
+                continue
+            diff = (got - expected).abs().max().item()
+            report[name][f"batch {batch}"] = diff
+            if not diff <= TOLERANCE:
+                failures.append(f"{name} batch {batch}: max abs diff {diff:.3g} > {TOLERANCE:g}")
+    if failures:
+        raise VerificationError("verification failed: " + "; ".join(failures))
+    return report
+
+
+def export(model: CNNKAE, out_dir: str | Path, formats: Iterable[str] = FORMATS, *, images: torch.Tensor,
+           source: str = "", weights_sha256: str = "", force: bool = False) -> dict[str, list[Path]]:
+    """Write, verify and describe the encoder and decoder in each format. Everything is written to a
+    temporary folder beside `out_dir` and renamed into place only once verified, so a failed export leaves
+    nothing behind. Returns {format: [paths]}."""
+    formats = check_formats(formats)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not force:
+        raise KaecError(f"{out_dir}: already exists (use --force to replace it)")
+    if not out_dir.parent.is_dir():
+        raise KaecError(f"{out_dir}: folder {out_dir.parent} does not exist")
+    if len(images) < max(BATCH_SIZES):
+        raise KaecError(f"verification needs at least {max(BATCH_SIZES)} images, got {len(images)}")
+    from kaecompress.zoo import weights_sha256 as hash_weights
+
+    model = model.eval()
+    weights_sha256 = weights_sha256 or hash_weights(model)
+    metadata = _metadata(model, source, weights_sha256)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    public_mode(tmp, directory=True)
+    try:
+        written = {fmt: WRITERS[fmt](model, tmp, metadata) for fmt in formats}
+        report = verify(tmp, model, images)
+        manifest = _manifest(model, metadata, formats, tmp, report)
+        atomic_write_json(tmp / MANIFEST, manifest)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {fmt: [out_dir / p.name for p in paths] for fmt, paths in written.items()}
+
+
+def _manifest(model: CNNKAE, metadata: dict, formats, folder: Path, report: dict) -> dict:
+    import onnx
+
+    from kaecompress.exporters.kaepoly import DOMAIN, ONNX_OPSET, OP
+
+    c, h, w = model.shape
+    files = {}
+    for fmt in formats:
+        for part, (inp, out) in PARTS.items():
+            name = f"{part}.{EXTENSIONS[fmt]}"
+            files[name] = {"format": fmt, "part": part, "input": inp, "output": out,
+                           "sha256": _sha256(folder / name), "bytes": (folder / name).stat().st_size}
+    return {
+        "format_version": 1,
+        **metadata,
+        "compression_ratio": model.compression_ratio,
+        "input": {"name": "images", "shape": ["batch", c, h, w], "dtype": "float32", "range": [0.0, 1.0]},
+        "latent": {"name": "latents", "shape": ["batch", model.latent_dim], "dtype": "float32"},
+        "onnx": {"opset": ONNX_OPSET, "custom_op": f"{DOMAIN}.{OP} (an ONNX function of standard ops)"}
+        if "onnx" in formats else None,
+        "versions": {"torch": torch.__version__, "onnx": onnx.__version__},
+        "files": files,
+        "verification": {"tolerance": TOLERANCE, "max_abs_diff": report},
+    }
+
+
+def export_onnx(model: CNNKAE, out_dir, **kw) -> list[Path]:
+    return export(model, out_dir, ("onnx",), **kw)["onnx"]
+
+
+def export_torchscript(model: CNNKAE, out_dir, **kw) -> list[Path]:
+    return export(model, out_dir, ("torchscript",), **kw)["torchscript"]
+
+
+def export_pt2(model: CNNKAE, out_dir, **kw) -> list[Path]:
+    return export(model, out_dir, ("pt2",), **kw)["pt2"]
+
+
+def read_manifest(folder: str | Path) -> dict:
+    folder = Path(folder)
+    manifest = read_json(folder / MANIFEST)
+    if not isinstance(manifest, dict) or "files" not in manifest:
+        raise KaecError(f"{folder}: no readable {MANIFEST}; not an export folder")
+    return manifest
+
+
+def verify_dir(folder: str | Path, model: CNNKAE, images: torch.Tensor) -> dict:
+    """Re-check an export folder: every file's sha256 against the manifest, then outputs against `model`."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    for name, info in manifest["files"].items():
+        if not (folder / name).is_file():
+            raise KaecError(f"{folder / name}: missing (listed in {MANIFEST})")
+        if _sha256(folder / name) != info["sha256"]:
+            raise KaecError(f"{folder / name}: sha256 differs from {MANIFEST}; the file was changed")
+    return verify(folder, model, images, manifest["files"])

@@ -31,6 +31,7 @@ def _save(fig, out: Path) -> Path:
     try:
         with open(fd, "wb") as f:
             fig.savefig(f, format=fmt, dpi=120, bbox_inches="tight")
+        runs.public_mode(Path(tmp))
         Path(tmp).replace(out)
     except ValueError as e:  # unknown image format
         raise KaecError(f"{out}: cannot write this image format ({e})") from None

@@ -25,6 +25,13 @@ METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
 DONE_STATES = ("finished", "diverged")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def public_mode(path: Path, directory: bool = False) -> None:
+    """mkstemp/mkdtemp create private files; give them the permissions a plain open() would."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_UMASK)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -35,6 +42,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        public_mode(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

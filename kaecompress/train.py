@@ -337,18 +337,3 @@ def _optimizer_to(optimizer, dev: torch.device) -> None:
             if isinstance(v, torch.Tensor) and k != "step":
                 st[k] = v.to(dev)
 
-
-def load_trained_model(run_dir: str | Path) -> CNNKAE:
-    """The model of a finished run, in eval mode."""
-    run_dir = Path(run_dir)
-    path = run_dir / runs.CHECKPOINT
-    if runs.run_status(run_dir) != "finished" or not path.is_file():
-        raise KaecError(f"{run_dir}: not a finished run (status: {runs.run_status(run_dir)}); train it first")
-    ckpt = load_checkpoint(path)
-    try:
-        model = CNNKAE(**ckpt["config"]["model"])
-        model.load_state_dict(ckpt["model"])
-    except (KeyError, TypeError, RuntimeError) as e:
-        raise KaecError(f"{path}: the checkpoint's config does not match its weights "
-                        f"({str(e).splitlines()[0]})") from None
-    return model.eval()

@@ -1,0 +1,134 @@
+"""One writer and one loader per artefact format. Each writer puts `encoder.EXT` and `decoder.EXT` in a
+folder; each loader returns a callable that maps a float32 CPU tensor to a float32 CPU tensor."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+
+from kaecompress.models import CNNKAE
+from kaecompress.runs import atomic_write_bytes
+
+PARTS = {"encoder": ("images", "latents"), "decoder": ("latents", "images")}
+EXTENSIONS = {"onnx": "onnx", "torchscript": "pt", "pt2": "pt2"}
+
+
+@contextlib.contextmanager
+def quiet():
+    """torch.jit and the ONNX exporter warn and log about themselves; keep our output clean."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+
+def example(model: CNNKAE, part: str, batch: int = 2) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(0)
+    if part == "encoder":
+        return torch.rand(batch, *model.shape, generator=gen)
+    return torch.randn(batch, model.latent_dim, generator=gen)
+
+
+def _batch_dim():
+    return ({0: torch.export.Dim("batch")},)
+
+
+def write_onnx(model: CNNKAE, folder: Path, metadata: dict) -> list[Path]:
+    import onnx
+
+    from kaecompress.exporters.kaepoly import ONNX_OPSET, add_function, registered_schema, translation, with_kae_ops
+
+    paths = []
+    for part, (inp, out) in PARTS.items():
+        module = with_kae_ops(getattr(model, part)).eval()
+        with quiet(), registered_schema(), torch.no_grad():
+            program = torch.onnx.export(module, (example(model, part),), dynamo=True, dynamic_shapes=_batch_dim(),
+                                        custom_translation_table=translation(), external_data=False,
+                                        opset_version=ONNX_OPSET, input_names=[inp], output_names=[out],
+                                        verbose=False)
+        proto = add_function(program.model_proto)
+        proto.producer_name = "kaecompress"
+        proto.doc_string = f"CNN-KAE {part}: {inp} -> {out}"
+        for key, value in {**metadata, "part": part}.items():
+            proto.metadata_props.add(key=key, value=value if isinstance(value, str) else json.dumps(value))
+        onnx.checker.check_model(proto, full_check=True)
+        path = folder / f"{part}.onnx"
+        atomic_write_bytes(path, proto.SerializeToString())
+        paths.append(path)
+    return paths
+
+
+def write_torchscript(model: CNNKAE, folder: Path, metadata: dict) -> list[Path]:
+    paths = []
+    for part in PARTS:
+        with quiet(), torch.no_grad():
+            traced = torch.jit.trace(getattr(model, part).eval(), example(model, part), check_trace=False)
+            buf = io.BytesIO()
+            torch.jit.save(traced, buf, _extra_files={"kaecompress.json": json.dumps({**metadata, "part": part})})
+        path = folder / f"{part}.pt"
+        atomic_write_bytes(path, buf.getvalue())
+        paths.append(path)
+    return paths
+
+
+def write_pt2(model: CNNKAE, folder: Path, metadata: dict) -> list[Path]:
+    paths = []
+    for part in PARTS:
+        with quiet(), torch.no_grad():
+            program = torch.export.export(getattr(model, part).eval(), (example(model, part),),
+                                          dynamic_shapes=_batch_dim())
+            buf = io.BytesIO()
+            torch.export.save(program, buf, extra_files={"kaecompress.json": json.dumps({**metadata, "part": part})})
+        path = folder / f"{part}.pt2"
+        atomic_write_bytes(path, buf.getvalue())
+        paths.append(path)
+    return paths
+
+
+WRITERS = {"onnx": write_onnx, "torchscript": write_torchscript, "pt2": write_pt2}
+
+
+def onnx_session(path: Path, provider: str = "cpu", threads: int | None = None):
+    """An onnxruntime session on exactly the provider asked for."""
+    from kaecompress.errors import KaecError
+
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise KaecError("onnxruntime is not installed: pip install 'kaecompress[cpu]' (or [gpu])") from None
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    names = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider"]}[provider]
+    return ort.InferenceSession(str(path), options, providers=names)
+
+
+def load_runner(path: Path):
+    """A callable running one artefact in its own runtime: onnxruntime, torch.jit or torch.export."""
+    fmt = {v: k for k, v in EXTENSIONS.items()}[path.suffix.lstrip(".")]
+    if fmt == "onnx":
+        session = onnx_session(path)
+        name = session.get_inputs()[0].name
+        return lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+    with quiet():
+        module = torch.jit.load(str(path)) if fmt == "torchscript" else torch.export.load(str(path)).module()
+
+    def run(x):
+        with torch.no_grad():
+            return module(x)
+
+    return run
