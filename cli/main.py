@@ -246,6 +246,11 @@ def _summary_row(s: dict) -> dict:
     }
 
 
+from kaecompress.cli import coding  # noqa: E402  (commands register after the app exists)
+
+coding.register(app)
+
+
 def main() -> None:
     """Console entry point: user mistakes become one line on stderr and exit 2 (`--debug` shows the trace)."""
     argv = sys.argv[1:]

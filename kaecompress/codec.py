@@ -1,0 +1,228 @@
+"""Images to latents and back.
+
+An image is split into planes and tiles the model can take:
+- a 1-channel model encodes every channel of the image as its own grayscale plane (L: 1 plane, LA: 2,
+  RGB: 3, RGBA: 4); a 3-channel model takes the RGB image as one plane;
+- `fit="tile"` (default) cuts each plane into model-sized tiles, padding the right and bottom edges by
+  repeating the last row and column, so decoding crops back to the original size;
+- `fit="resize"` resizes the whole image to one tile (bilinear) and decoding resizes it back.
+Images in mode 1 are encoded as L and thresholded back to 1; P, CMYK, YCbCr, LAB and HSV become RGB (RGBA
+when a palette has transparency), I, I;16 and F become L; those decode in the mode they became.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from kaecompress.containers import Encoded
+from kaecompress.errors import KaecError
+from kaecompress.zoo import LoadedModel
+
+_BANDS = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}
+
+
+def open_image(path: Path):
+    """A fully decoded Pillow image; an unreadable or truncated file is a KaecError naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()  # decodes everything now, so a truncated file fails here
+            return im.copy()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise KaecError(f"{path}: unreadable image ({e})") from None
+
+
+def working_mode(im) -> str:
+    if im.mode in _BANDS or im.mode == "1":
+        return im.mode
+    if im.mode == "P":
+        return "RGBA" if "transparency" in im.info else "RGB"
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        return "L"
+    return "RGB"
+
+
+def _as_array(im, mode: str) -> np.ndarray:
+    """(bands, H, W) float32 in [0, 1]."""
+    if mode == "1":
+        im = im.convert("L")
+    elif im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        peak = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        return (np.clip(arr / peak, 0, 1)[None]).astype(np.float32)
+    elif im.mode != mode:
+        im = im.convert(mode)
+    arr = np.asarray(im, dtype=np.float32) / 255.0
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+class TorchBackend:
+    def __init__(self, model) -> None:
+        self.model = model.eval()
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self.model.encoder(torch.from_numpy(x)).numpy()
+
+    def decode(self, z: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self.model.decoder(torch.from_numpy(z)).numpy()
+
+
+class OnnxBackend:
+    """The model's exported ONNX encoder and decoder, run by onnxruntime."""
+
+    def __init__(self, folder: Path, provider: str = "cpu", threads: int | None = None) -> None:
+        from kaecompress.exporters.formats import onnx_session
+
+        self.encoder = onnx_session(folder / "encoder.onnx", provider, threads)
+        self.decoder = onnx_session(folder / "decoder.onnx", provider, threads)
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        return self.encoder.run(None, {"images": x})[0]
+
+    def decode(self, z: np.ndarray) -> np.ndarray:
+        return self.decoder.run(None, {"latents": z})[0]
+
+
+def export_cache(loaded: LoadedModel, data_root=None) -> Path:
+    """The model's verified ONNX export, made once and kept under the user's cache dir."""
+    import os
+
+    from kaecompress.exporters import export, read_manifest
+
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kaecompress" / "exports"
+    folder = base / loaded.weights_sha256[:16]
+    try:
+        if read_manifest(folder).get("weights_sha256") == loaded.weights_sha256:
+            return folder
+    except KaecError:
+        pass
+    from kaecompress.data import load_images
+
+    base.mkdir(parents=True, exist_ok=True)
+    images = load_images(loaded.dataset, False, data_root, loaded.model.shape)[:64]
+    export(loaded.model, folder, ("onnx",), images=images, source=loaded.name,
+           weights_sha256=loaded.weights_sha256, force=True)
+    return folder
+
+
+def make_backend(loaded: LoadedModel, backend: str = "torch", data_root=None):
+    if backend == "torch":
+        return TorchBackend(loaded.model)
+    if backend == "onnx":
+        return OnnxBackend(export_cache(loaded, data_root))
+    raise KaecError(f"--backend: expected torch or onnx, got {backend!r}")
+
+
+class Codec:
+    """compress: Pillow images -> Encoded latents; decompress: Encoded -> Pillow images.
+    Tiles of many images go through the network together, `batch_size` at a time."""
+
+    def __init__(self, loaded: LoadedModel, backend: str = "torch", batch_size: int = 256, data_root=None) -> None:
+        self.loaded = loaded
+        self.channels, self.height, self.width = loaded.model.shape
+        self.latent_dim = loaded.model.latent_dim
+        self.backend = make_backend(loaded, backend, data_root)
+        self.batch_size = batch_size
+
+    # -- compress --
+    def _planes(self, im, fit: str) -> tuple[np.ndarray, str]:
+        """(planes, model channels, H, W) float32 and the mode decoding restores."""
+        if self.channels not in (1, 3):
+            raise KaecError(f"{self.loaded.name}: images need a 1- or 3-channel model")
+        mode = "RGB" if self.channels == 3 else working_mode(im)
+        arr = _as_array(im, mode)
+        if fit == "resize":
+            arr = np.stack([_resize(band, self.width, self.height) for band in arr])
+        return (arr[None] if self.channels == 3 else arr[:, None]), mode
+
+    def _tiles(self, planes: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int]]:
+        p, c, h, w = planes.shape
+        ty, tx = math.ceil(h / self.height), math.ceil(w / self.width)
+        padded = np.pad(planes, ((0, 0), (0, 0), (0, ty * self.height - h), (0, tx * self.width - w)), mode="edge")
+        tiles = padded.reshape(p, c, ty, self.height, tx, self.width).transpose(0, 2, 4, 1, 3, 5)
+        return np.ascontiguousarray(tiles.reshape(-1, c, self.height, self.width)), (p, ty, tx)
+
+    def _run(self, fn, batch: np.ndarray) -> np.ndarray:
+        if len(batch) == 0:
+            return batch
+        return np.concatenate([fn(batch[i:i + self.batch_size]) for i in range(0, len(batch), self.batch_size)])
+
+    def compress_many(self, images: Sequence, fit: str = "tile") -> list[Encoded]:
+        if fit not in ("tile", "resize"):
+            raise KaecError(f"--fit: expected tile or resize, got {fit!r}")
+        tiles, grids, info = [], [], []
+        for im in images:
+            planes, mode = self._planes(im, fit)
+            t, grid = self._tiles(planes)
+            tiles.append(t)
+            grids.append(grid)
+            info.append((im.width, im.height, mode))
+        latents = self._run(self.backend.encode, np.concatenate(tiles).astype(np.float32))
+        out, start = [], 0
+        for (width, height, mode), grid in zip(info, grids):
+            count = int(np.prod(grid))
+            z = latents[start:start + count].reshape(*grid, self.latent_dim).astype(np.float32)
+            start += count
+            out.append(Encoded(z, width, height, mode, fit, self.loaded.name, self.loaded.weights_sha256))
+        return out
+
+    def compress(self, image, fit: str = "tile") -> Encoded:
+        return self.compress_many([image], fit)[0]
+
+    # -- decompress --
+    def check_model(self, enc: Encoded, where: str) -> None:
+        ours = self.loaded.weights_sha256
+        if enc.weights_sha256 and not ours.startswith(enc.weights_sha256):
+            from kaecompress.zoo import find_by_hash
+
+            match = find_by_hash(enc.weights_sha256)
+            hint = f"; it matches the trained model {match} (--model {match})" if match else ""
+            raise KaecError(f"{where}: encoded with another model (id {enc.weights_sha256[:16]}) than "
+                            f"{self.loaded.name} (id {ours[:16]}){hint}")
+
+    def decompress_many(self, encoded: Sequence[Encoded]) -> list:
+        latents = [e.latents.reshape(-1, self.latent_dim) for e in encoded]
+        tiles = self._run(self.backend.decode, np.concatenate(latents).astype(np.float32))
+        images, start = [], 0
+        for enc, z in zip(encoded, latents):
+            images.append(self._assemble(enc, tiles[start:start + len(z)]))
+            start += len(z)
+        return images
+
+    def decompress(self, enc: Encoded):
+        return self.decompress_many([enc])[0]
+
+    def _assemble(self, enc: Encoded, tiles: np.ndarray):
+        from PIL import Image
+
+        p, ty, tx = enc.grid
+        c = tiles.shape[1]
+        grid = tiles.reshape(p, ty, tx, c, self.height, self.width).transpose(0, 3, 1, 4, 2, 5)
+        planes = grid.reshape(p * c, ty * self.height, tx * self.width)
+        if enc.fit == "tile":
+            planes = planes[:, :enc.height, :enc.width]
+        else:
+            planes = np.stack([_resize(band, enc.width, enc.height) for band in planes])
+        pixels = np.clip(np.rint(planes * 255.0), 0, 255).astype(np.uint8)
+        mode = "L" if enc.mode == "1" else enc.mode
+        bands = [Image.fromarray(band, "L") for band in pixels]
+        im = bands[0] if len(bands) == 1 else Image.merge(mode, bands)
+        return im.convert("1", dither=Image.Dither.NONE) if enc.mode == "1" else im
+
+
+def _resize(band: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Bilinear resize of one float plane, without a round trip through 8 bits."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(band.astype(np.float32), "F").resize((width, height), Image.Resampling.BILINEAR))

@@ -1,0 +1,180 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from kaecompress import KaecError
+from kaecompress.codec import Codec
+from kaecompress.containers import from_kae, to_kae
+from kaecompress.train import train_run
+from kaecompress.zoo import load_model, promote
+
+from conftest import TINY, kaec
+from test_train import tiny
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory, mnist_root, mnist_train, mnist_val):
+    """Two briefly trained models shipped into a private trained/ folder, as `kaec promote` does."""
+    home = tmp_path_factory.mktemp("zoo")
+    dest = home / "trained"
+    dest.mkdir()
+    for name, trial in (("tiny-a", 1), ("tiny-b", 2)):
+        cfg = tiny(max_inputs=640)
+        cfg = type(cfg)(**{**cfg.__dict__, "trial": trial})
+        train_run(cfg, home / name, train_images=mnist_train[:2000], val_images=mnist_val[:500])
+        promote(home / name, name, dest=dest, recipe="tests", data_root=mnist_root)
+    return dest
+
+
+@pytest.fixture
+def env(zoo, monkeypatch):
+    monkeypatch.setenv("KAEC_TRAINED", str(zoo))
+    return {"KAEC_TRAINED": str(zoo)}
+
+
+def digit(mnist_val, i=0) -> Image.Image:
+    return Image.fromarray((mnist_val[i, 0].numpy() * 255).round().astype(np.uint8), "L")
+
+
+def test_round_trip_of_a_digit_through_each_container(env, mnist_val, tmp_path):
+    digit(mnist_val).save(tmp_path / "d.png")
+    for suffix in (".kae", ".npz", ".npy"):
+        r = kaec("encode", tmp_path / "d.png", "-o", tmp_path / f"z{suffix}", "-m", "tiny-a", env=env)
+        assert r.returncode == 0, r.stderr
+        r = kaec("decode", tmp_path / f"z{suffix}", "-o", tmp_path / f"out{suffix}.png", "-m", "tiny-a", env=env)
+        assert r.returncode == 0, r.stderr
+        with Image.open(tmp_path / f"out{suffix}.png") as out:
+            assert out.size == (28, 28) and out.mode == "L"
+    assert np.load(tmp_path / "z.npy").shape == (8,)  # one tile: one latent vector
+    assert np.load(tmp_path / "z.npy").dtype == np.float32
+    assert (tmp_path / "z.kae").stat().st_size < 64
+
+
+def test_the_decoded_image_is_the_models_reconstruction(env, mnist_val):
+    loaded = load_model("tiny-a")
+    codec = Codec(loaded)
+    im = digit(mnist_val, 3)
+    enc = codec.compress(im)
+    with torch.no_grad():
+        z = loaded.model.encoder(mnist_val[3:4])
+        expected = loaded.model(mnist_val[3:4])[0, 0].numpy()
+    np.testing.assert_allclose(enc.latents.reshape(1, -1), z.numpy(), atol=1e-6)
+    out = np.asarray(codec.decompress(enc), dtype=np.float64) / 255
+    assert np.abs(out - expected).max() <= 0.5 / 255 + 1e-6  # only the rounding to 8 bits
+
+
+def test_large_colour_images_are_tiled_and_come_back_at_their_size_and_mode(env, mnist_val):
+    codec = Codec(load_model("tiny-a"))
+    rgb = Image.new("RGB", (70, 45), (10, 200, 30))
+    rgb.paste(digit(mnist_val).convert("RGB"), (5, 5))
+    enc = codec.compress(rgb)
+    assert enc.latents.shape == (3, 2, 3, 8)
+    out = codec.decompress(enc)
+    assert out.size == (70, 45) and out.mode == "RGB"
+    resized = codec.compress(rgb, fit="resize")
+    assert resized.latents.shape == (3, 1, 1, 8)
+    assert codec.decompress(resized).size == (70, 45)
+    for mode, expected in (("LA", "LA"), ("RGBA", "RGBA"), ("1", "1"), ("P", "RGB"), ("I;16", "L")):
+        im = digit(mnist_val).convert("RGBA" if mode == "RGBA" else "L").convert(mode) if mode != "I;16" else \
+            Image.fromarray((mnist_val[0, 0].numpy() * 65535).astype(np.uint16))
+        back = codec.decompress(codec.compress(im))
+        assert (back.mode, back.size) == (expected, (28, 28)), mode
+
+
+def test_a_directory_of_mixed_formats_in_one_batch(env, mnist_val, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i, fmt in enumerate(["PNG", "JPEG", "BMP", "TIFF", "WEBP"]):
+        digit(mnist_val, i).save(src / f"img{i}.{fmt.lower()}", format=fmt)
+    r = kaec("encode", src, "-o", tmp_path / "z", "-m", "tiny-a", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert [row["output"].rsplit("/", 1)[1] for row in json.loads(r.stdout)] == [f"img{i}.kae" for i in range(5)]
+    r = kaec("decode", tmp_path / "z", "-o", tmp_path / "out", "--json", env=env)  # model found from the files
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"img{i}.png" for i in range(5)]
+
+
+def test_torch_and_onnx_backends_agree(env, mnist_val, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    loaded = load_model("tiny-a")
+    torch_codec, onnx_codec = Codec(loaded, "torch"), Codec(loaded, "onnx")
+    images = [digit(mnist_val, i) for i in range(40)] + [Image.new("L", (60, 33), 128)]
+    a, b = torch_codec.compress_many(images), onnx_codec.compress_many(images)
+    for x, y in zip(a, b):
+        assert np.abs(x.latents - y.latents).max() <= 1e-4
+    z = np.concatenate([e.latents.reshape(-1, 8) for e in a])
+    assert np.abs(torch_codec.backend.decode(z) - onnx_codec.backend.decode(z)).max() <= 1e-4
+    assert (tmp_path / "cache" / "kaecompress" / "exports" / loaded.weights_sha256[:16] / "encoder.onnx").is_file()
+
+
+def test_kae_quantisation(env, mnist_val):
+    codec = Codec(load_model("tiny-a"))
+    enc = codec.compress(digit(mnist_val))
+    u8, kind = from_kae(to_kae(enc, "uint8"), "x")
+    f16, _ = from_kae(to_kae(enc, "float16"), "x")
+    span = enc.latents.max() - enc.latents.min()
+    assert kind == "uint8" and np.abs(u8.latents - enc.latents).max() <= span / 255 / 2 + 1e-6
+    assert np.abs(f16.latents - enc.latents).max() <= np.abs(enc.latents).max() * 2 ** -10
+    assert len(to_kae(enc, "float16")) - len(to_kae(enc, "uint8")) == 8 - 8  # 8 more code bytes, no scale pair
+
+
+def test_bad_inputs_are_exit_2_and_leave_no_output(env, mnist_val, tmp_path):
+    digit(mnist_val).save(tmp_path / "d.png")
+    data = (tmp_path / "d.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    cases = [
+        (["encode", tmp_path / "cut.png", "-o", tmp_path / "o1.kae"], "cut.png: unreadable image"),
+        (["encode", tmp_path / "d.png", "-o", tmp_path / "missing" / "z.kae"], "missing does not exist"),
+    ]
+    np.save(tmp_path / "shape.npy", np.zeros((3, 5), np.float32))
+    np.save(tmp_path / "dtype.npy", np.zeros(8, np.float64))
+    cases += [
+        (["decode", tmp_path / "shape.npy", "-o", tmp_path / "o2.png", "-m", "tiny-a"], "latents must have shape"),
+        (["decode", tmp_path / "dtype.npy", "-o", tmp_path / "o3.png", "-m", "tiny-a"], "must be float32, got float64"),
+    ]
+    assert kaec("encode", tmp_path / "d.png", "-o", tmp_path / "z.kae", "-m", "tiny-a", env=env).returncode == 0
+    good = (tmp_path / "z.kae").read_bytes()
+    (tmp_path / "magic.kae").write_bytes(b"XXXX" + good[4:])
+    flipped = bytearray(good)
+    flipped[30] ^= 1
+    (tmp_path / "crc.kae").write_bytes(bytes(flipped))
+    cases += [
+        (["decode", tmp_path / "magic.kae", "-o", tmp_path / "o4.png"], "not a .kae file (bad magic"),
+        (["decode", tmp_path / "crc.kae", "-o", tmp_path / "o5.png"], "checksum mismatch"),
+        (["decode", tmp_path / "z.kae", "-o", tmp_path / "o6.png", "-m", "tiny-b"],
+         "encoded with another model"),
+    ]
+    for args, message in cases:
+        r = kaec(*args, env=env)
+        assert r.returncode == 2, (args, r.stderr)
+        assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("o") or p.name.startswith(".")]
+    assert "tiny-a" in kaec("decode", tmp_path / "z.kae", "-o", tmp_path / "o7.png", "-m", "tiny-b", env=env).stderr
+
+
+def test_models_lists_the_cards(env):
+    r = kaec("models", "--json", env=env)
+    cards = json.loads(r.stdout)
+    assert set(cards) == {"tiny-a", "tiny-b"}
+    card = cards["tiny-a"]
+    assert card["dataset"] == "mnist" and card["params"] > 0 and card["compression_ratio"] == 98.0
+    assert {"mse", "psnr_db", "psnr_of_mse_db"} <= set(card["metrics"])
+    with pytest.raises(KaecError, match="no such trained model"):
+        load_model("tiny-c")
+
+
+def test_damaged_weights_are_refused(env, zoo, tmp_path):
+    import shutil
+
+    copy = tmp_path / "trained"
+    shutil.copytree(zoo, copy)
+    data = bytearray((copy / "tiny-a.safetensors").read_bytes())
+    data[-5] ^= 0xFF
+    (copy / "tiny-a.safetensors").write_bytes(bytes(data))
+    r = kaec("models", env={"KAEC_TRAINED": str(copy)})
+    assert r.returncode == 0
+    r = kaec("encode", "x.png", "-o", tmp_path / "z.kae", "-m", "tiny-a", env={"KAEC_TRAINED": str(copy)})
+    assert r.returncode == 2
