@@ -101,8 +101,9 @@ def write_pt2(model: CNNKAE, folder: Path, metadata: dict) -> list[Path]:
 WRITERS = {"onnx": write_onnx, "torchscript": write_torchscript, "pt2": write_pt2}
 
 
-def onnx_session(path: Path, provider: str = "cpu", threads: int | None = None):
-    """An onnxruntime session on exactly the provider asked for."""
+def onnx_session(path: Path, provider: str = "cpu", threads: int | None = None, spinning: bool = True):
+    """An onnxruntime session on exactly the provider asked for. `spinning=False` stops its idle threads
+    from busy-waiting, which otherwise starves PyTorch's threads when both share a few cores."""
     from kaecompress.errors import KaecError
 
     try:
@@ -113,6 +114,9 @@ def onnx_session(path: Path, provider: str = "cpu", threads: int | None = None):
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     names = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider"]}[provider]
     return ort.InferenceSession(str(path), options, providers=names)
 

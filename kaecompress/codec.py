@@ -94,24 +94,28 @@ class OnnxBackend:
         return self.decoder.run(None, {"latents": z})[0]
 
 
-def export_cache(loaded: LoadedModel, data_root=None) -> Path:
-    """The model's verified ONNX export, made once and kept under the user's cache dir."""
+def export_cache(loaded: LoadedModel, data_root=None, formats: tuple[str, ...] = ("onnx",)) -> Path:
+    """The model's verified export in `formats`, made once and kept under the user's cache dir."""
     import os
 
     from kaecompress.exporters import export, read_manifest
 
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kaecompress" / "exports"
     folder = base / loaded.weights_sha256[:16]
+    have: set[str] = set()
     try:
-        if read_manifest(folder).get("weights_sha256") == loaded.weights_sha256:
-            return folder
+        manifest = read_manifest(folder)
+        if manifest.get("weights_sha256") == loaded.weights_sha256:
+            have = {info["format"] for info in manifest["files"].values()}
     except KaecError:
         pass
+    if set(formats) <= have:
+        return folder
     from kaecompress.data import load_images
 
     base.mkdir(parents=True, exist_ok=True)
     images = load_images(loaded.dataset, False, data_root, loaded.model.shape)[:64]
-    export(loaded.model, folder, ("onnx",), images=images, source=loaded.name,
+    export(loaded.model, folder, tuple(sorted(have | set(formats))), images=images, source=loaded.name,
            weights_sha256=loaded.weights_sha256, force=True)
     return folder
 

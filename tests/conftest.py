@@ -62,3 +62,31 @@ train:
   validation_batch_size: 500
   log_every: 64
 """
+
+
+@pytest.fixture(scope="session")
+def zoo(tmp_path_factory, mnist_root, mnist_train, mnist_val):
+    """Two briefly trained models shipped into a private trained/ folder, as `kaec promote` does."""
+    import dataclasses
+
+    import yaml
+
+    from kaecompress.config import build_run
+    from kaecompress.train import train_run
+    from kaecompress.zoo import promote
+
+    home = tmp_path_factory.mktemp("zoo")
+    dest = home / "trained"
+    dest.mkdir()
+    for name, trial in (("tiny-a", 1), ("tiny-b", 2)):
+        cfg = build_run(yaml.safe_load(TINY), "tiny.yml", trial=trial)
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_inputs=640))
+        train_run(cfg, home / name, train_images=mnist_train[:2000], val_images=mnist_val[:500])
+        promote(home / name, name, dest=dest, recipe="tests", data_root=mnist_root)
+    return dest
+
+
+@pytest.fixture
+def env(zoo, monkeypatch):
+    monkeypatch.setenv("KAEC_TRAINED", str(zoo))
+    return {"KAEC_TRAINED": str(zoo)}

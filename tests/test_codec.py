@@ -8,31 +8,9 @@ from PIL import Image
 from kaecompress import KaecError
 from kaecompress.codec import Codec
 from kaecompress.containers import from_kae, to_kae
-from kaecompress.train import train_run
-from kaecompress.zoo import load_model, promote
+from kaecompress.zoo import load_model
 
-from conftest import TINY, kaec
-from test_train import tiny
-
-
-@pytest.fixture(scope="module")
-def zoo(tmp_path_factory, mnist_root, mnist_train, mnist_val):
-    """Two briefly trained models shipped into a private trained/ folder, as `kaec promote` does."""
-    home = tmp_path_factory.mktemp("zoo")
-    dest = home / "trained"
-    dest.mkdir()
-    for name, trial in (("tiny-a", 1), ("tiny-b", 2)):
-        cfg = tiny(max_inputs=640)
-        cfg = type(cfg)(**{**cfg.__dict__, "trial": trial})
-        train_run(cfg, home / name, train_images=mnist_train[:2000], val_images=mnist_val[:500])
-        promote(home / name, name, dest=dest, recipe="tests", data_root=mnist_root)
-    return dest
-
-
-@pytest.fixture
-def env(zoo, monkeypatch):
-    monkeypatch.setenv("KAEC_TRAINED", str(zoo))
-    return {"KAEC_TRAINED": str(zoo)}
+from conftest import kaec
 
 
 def digit(mnist_val, i=0) -> Image.Image:

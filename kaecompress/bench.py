@@ -1,0 +1,268 @@
+"""Inference benchmark: the exported encoder (compress) and decoder (decompress) in onnxruntime, next to
+PyTorch eager, TorchScript and Pillow's JPEG / WebP / PNG, all on the same real images in the same run.
+
+Each measurement warms up first (excluded), then calls the function until both a minimum time and a
+minimum number of calls are reached, timing every call; throughput is images over total time, latency
+percentiles come from the per-call times.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kaecompress.errors import KaecError
+
+
+@dataclass
+class Timing:
+    calls: int
+    images: int
+    seconds: float
+    latencies_ms: list[float] = field(repr=False)
+
+    def percentile(self, q: float) -> float:
+        xs = sorted(self.latencies_ms)
+        k = (len(xs) - 1) * q / 100
+        lo, hi = math.floor(k), math.ceil(k)
+        return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds
+
+    def summary(self, bytes_per_image: int) -> dict:
+        return {"images_per_s": self.images_per_s, "MB_per_s": self.images_per_s * bytes_per_image / 1e6,
+                "p50_ms": self.percentile(50), "p90_ms": self.percentile(90), "p99_ms": self.percentile(99),
+                "calls": self.calls}
+
+
+def measure(fn: Callable[[], object], images_per_call: int, *, warmup: int = 3, min_seconds: float = 1.0,
+            min_calls: int = 10, sync: Callable[[], None] | None = None) -> Timing:
+    for _ in range(warmup):
+        fn()
+    if sync:
+        sync()
+    latencies = []
+    start = time.perf_counter()
+    while True:
+        t0 = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        latencies.append((time.perf_counter() - t0) * 1e3)
+        total = time.perf_counter() - start
+        if total >= min_seconds and len(latencies) >= min_calls:
+            break
+    return Timing(len(latencies), len(latencies) * images_per_call, sum(latencies) / 1e3, latencies)
+
+
+def environment(threads: int | None) -> dict:
+    import onnxruntime as ort
+    import torch
+
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "onnxruntime": ort.__version__, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "ort_intra_op_threads": threads or 0, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available()
+            else None}
+
+
+def cuda_sessions(folder, threads):
+    """Encoder and decoder sessions on CUDA, refusing to run when CUDA is not really in use."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise KaecError("--provider cuda: this onnxruntime has no CUDA support; install the GPU build in an "
+                        "environment without the CPU one: pip uninstall onnxruntime && pip install "
+                        "'kaecompress[gpu]'")
+    from kaecompress.exporters.formats import onnx_session
+
+    sessions = [onnx_session(folder / f"{part}.onnx", "cuda", threads, spinning=False)
+                for part in ("encoder", "decoder")]
+    for s in sessions:
+        # onnxruntime falls back to CPU with only a logged error; the session's own list tells the truth.
+        if s.get_providers()[0] != "CUDAExecutionProvider":
+            raise KaecError(f"--provider cuda: CUDA is not usable here (the session runs on {s.get_providers()}); "
+                            "refusing to report CPU figures as CUDA")
+    return sessions
+
+
+def _pillow_round_trip(images: np.ndarray, fmt: str, **params) -> tuple[float, float]:
+    """Mean bytes and mean PSNR of encoding + decoding each image with Pillow."""
+    from PIL import Image
+
+    from kaecompress.metrics import psnr
+
+    sizes, scores = [], []
+    for img in images:
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format=fmt, **params)
+        sizes.append(buf.tell())
+        back = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("L"), dtype=np.float64) / 255
+        scores.append(psnr(float(((back - img / 255.0) ** 2).mean())))
+    return statistics.fmean(sizes), statistics.fmean(scores)
+
+
+def _closest_quality(images: np.ndarray, fmt: str, target_bytes: float) -> int:
+    """The quality setting whose mean file size is closest to `target_bytes`."""
+    best = min(range(1, 96, 2), key=lambda q: abs(_pillow_round_trip(images[:50], fmt, quality=q)[0] - target_bytes))
+    return best
+
+
+def run_bench(loaded, *, provider: str = "cpu", batch_sizes: Sequence[int] = (1, 32, 256), threads: int | None = None,
+              min_seconds: float = 1.0, images: int = 1000, data_root=None, progress=None) -> dict:
+    """Every figure of `kaec bench`, as one JSON-ready dict."""
+    import torch
+    from PIL import Image
+
+    from kaecompress.codec import Codec, export_cache
+    from kaecompress.containers import to_kae
+    from kaecompress.data import load_images
+    from kaecompress.exporters.formats import load_runner, onnx_session
+    from kaecompress.metrics import psnr
+
+    if provider not in ("cpu", "cuda"):
+        raise KaecError(f"--provider: expected cpu or cuda, got {provider!r}")
+    if threads:
+        torch.set_num_threads(threads)
+    data = load_images(loaded.dataset, False, data_root, loaded.model.shape)
+    n = max(max(batch_sizes), min(images, len(data)))
+    x = data[:n].contiguous()
+    if len(x) < max(batch_sizes):
+        raise KaecError(f"--batch-sizes: the largest batch needs {max(batch_sizes)} images, have {len(x)}")
+    folder = export_cache(loaded, data_root, formats=("onnx", "torchscript"))
+    step = progress or (lambda label: None)
+
+    model = loaded.model.eval()
+    device = torch.device("cuda" if provider == "cuda" and torch.cuda.is_available() else "cpu")
+    if provider == "cuda":
+        encoder_s, decoder_s = cuda_sessions(folder, threads)
+    else:
+        # No busy-waiting threads: PyTorch is measured in the same process, on the same cores.
+        encoder_s, decoder_s = (onnx_session(folder / f"{p}.onnx", "cpu", threads, spinning=False)
+                                for p in ("encoder", "decoder"))
+    used = encoder_s.get_providers()[0]
+    scripted = {p: load_runner(folder / f"{p}.pt") for p in ("encoder", "decoder")}
+    with torch.inference_mode():
+        z_all = model.encoder(x)
+    raw_bytes = int(np.prod(loaded.model.shape))  # one byte per pixel value
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    rows = []
+
+    def add(part, runtime, batch, timing):
+        rows.append({"part": part, "runtime": runtime, "batch": batch, **timing.summary(raw_bytes)})
+
+    for batch in batch_sizes:
+        xb, zb = x[:batch].numpy(), z_all[:batch].numpy()
+        for part, sess, inp, name in (("encoder", encoder_s, xb, "images"), ("decoder", decoder_s, zb, "latents")):
+            step(f"{part} batch {batch}: onnxruntime")
+            add(part, f"onnxruntime-{provider}", batch,
+                measure(lambda: sess.run(None, {name: inp}), batch, min_seconds=min_seconds))
+            if provider == "cuda":
+                add(part, "onnxruntime-cuda-iobinding", batch,
+                    _iobinding_timing(sess, name, inp, batch, min_seconds))
+            t_in = torch.from_numpy(inp).to(device)
+            module = getattr(model.to(device), part)
+            step(f"{part} batch {batch}: pytorch eager")
+
+            def eager(m=module, t=t_in):
+                with torch.inference_mode():
+                    return m(t)
+
+            add(part, f"pytorch-eager-{device.type}", batch, measure(eager, batch, min_seconds=min_seconds, sync=sync))
+            if device.type == "cpu":
+                step(f"{part} batch {batch}: torchscript")
+                t_cpu = torch.from_numpy(inp)
+                add(part, "torchscript-cpu", batch,
+                    measure(lambda r=scripted[part], t=t_cpu: r(t), batch, min_seconds=min_seconds))
+    model.to("cpu")
+    for row in rows:
+        base = next(r for r in rows if r["part"] == row["part"] and r["batch"] == row["batch"]
+                    and r["runtime"].startswith("pytorch-eager"))
+        row["vs_pytorch_eager"] = row["images_per_s"] / base["images_per_s"]
+
+    step("quality and bytes")
+    quality = _quality(loaded, x, z_all, Codec, to_kae, psnr)
+    step("Pillow baselines")
+    pixels = np.rint(x[:, 0].numpy() * 255).astype(np.uint8) if x.shape[1] == 1 else None
+    baselines = []
+    if pixels is not None:
+        kae_bytes = quality["kae_bytes_per_image"]
+        sample = pixels[: min(len(pixels), 200)]
+        for fmt, params in (("JPEG", {"quality": _closest_quality(sample, "JPEG", kae_bytes)}),
+                            ("WEBP", {"quality": _closest_quality(sample, "WEBP", kae_bytes)}),
+                            ("PNG", {"optimize": True})):
+            mean_bytes, mean_psnr = _pillow_round_trip(sample, fmt, **params)
+
+            def round_trip(imgs=sample[:32], f=fmt, p=params):
+                for img in imgs:
+                    buf = io.BytesIO()
+                    Image.fromarray(img).save(buf, format=f, **p)
+                    Image.open(io.BytesIO(buf.getvalue())).load()
+
+            t = measure(round_trip, 32, min_seconds=min_seconds, min_calls=3)
+            baselines.append({"codec": fmt.lower(), "settings": params, "bytes_per_image": mean_bytes,
+                              "psnr_db": mean_psnr, "encode_decode_images_per_s": t.images_per_s})
+    return {"model": loaded.name, "weights_sha256": loaded.weights_sha256, "provider": provider,
+            "provider_used": used, "device": str(device), "images": len(x), "batch_sizes": list(batch_sizes),
+            "raw_bytes_per_image": raw_bytes, "environment": environment(threads), "inference": rows,
+            "quality": quality, "pillow": baselines}
+
+
+def _iobinding_timing(session, name: str, inp: np.ndarray, batch: int, min_seconds: float) -> Timing:
+    """Inputs and outputs stay on the GPU: the figure of the network alone, without host copies."""
+    import onnxruntime as ort
+
+    binding = session.io_binding()
+    binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(inp, "cuda", 0))
+    binding.bind_output(session.get_outputs()[0].name, "cuda", 0)
+    return measure(lambda: session.run_with_iobinding(binding), batch, min_seconds=min_seconds,
+                   sync=binding.synchronize_outputs)
+
+
+def _quality(loaded, x, z_all, codec_cls, to_kae, psnr) -> dict:
+    import torch
+
+    from kaecompress.containers import from_kae
+
+    codec = codec_cls(loaded)
+    with torch.inference_mode():
+        y = loaded.model.decoder(z_all).clamp(0, 1)
+    per_image = ((y - x) ** 2).flatten(1).mean(1).double().tolist()
+    pil = [_to_pil(img) for img in x]
+    encoded = codec.compress_many(pil)
+    blobs = [to_kae(e, "uint8") for e in encoded]
+    decoded = codec.decompress_many([from_kae(b, "bench")[0] for b in blobs])
+    q_err = [float(((_planes(d) - img.numpy()) ** 2).mean()) for d, img in zip(decoded, x)]
+    c, h, w = loaded.model.shape
+    return {"mse": statistics.fmean(per_image), "psnr_db": statistics.fmean(psnr(e) for e in per_image),
+            "kae_uint8_psnr_db": statistics.fmean(psnr(e) for e in q_err),
+            "compression_ratio_values": c * h * w / loaded.model.latent_dim,
+            "kae_bytes_per_image": statistics.fmean(len(b) for b in blobs),
+            "kae_ratio_vs_raw_bytes": c * h * w / statistics.fmean(len(b) for b in blobs)}
+
+
+def _planes(im) -> np.ndarray:
+    arr = np.asarray(im, np.float64) / 255
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _to_pil(img):
+    from PIL import Image
+
+    arr = np.rint(img.numpy() * 255).astype(np.uint8)
+    return Image.fromarray(arr[0], "L") if arr.shape[0] == 1 else Image.fromarray(arr.transpose(1, 2, 0), "RGB")

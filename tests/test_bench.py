@@ -1,0 +1,74 @@
+import json
+
+import pytest
+
+from kaecompress.bench import Timing
+
+from conftest import kaec
+
+
+def test_percentiles_interpolate_between_calls():
+    t = Timing(calls=100, images=3200, seconds=2.0, latencies_ms=[float(i) for i in range(1, 101)])
+    assert t.percentile(50) == pytest.approx(50.5)
+    assert t.percentile(90) == pytest.approx(90.1)
+    assert t.percentile(99) == pytest.approx(99.01)
+    assert t.images_per_s == 1600
+    assert t.summary(784)["MB_per_s"] == pytest.approx(1600 * 784 / 1e6)
+
+
+def test_cpu_benchmark_end_to_end(env, tmp_path, mnist_root):
+    out = tmp_path / "bench.json"
+    r = kaec("bench", "--provider", "cpu", "-m", "tiny-a", "--batch-sizes", "1,4", "--seconds", "0.02",
+             "--threads", "1", "--json", out, "--data-root", mnist_root,
+             env={**env, "XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert r.returncode == 0, r.stderr
+    assert "onnxruntime-cpu" in r.stdout and "jpeg" in r.stdout
+    result = json.loads(out.read_text())
+    assert result["provider_used"] == "CPUExecutionProvider" and result["model"] == "tiny-a"
+    combos = {(row["part"], row["runtime"], row["batch"]) for row in result["inference"]}
+    assert combos == {(p, rt, b) for p in ("encoder", "decoder") for b in (1, 4)
+                      for rt in ("onnxruntime-cpu", "pytorch-eager-cpu", "torchscript-cpu")}
+    for row in result["inference"]:
+        assert row["images_per_s"] > 0 and 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
+        assert row["MB_per_s"] == pytest.approx(row["images_per_s"] * 784 / 1e6)
+        if row["runtime"].startswith("pytorch"):
+            assert row["vs_pytorch_eager"] == 1.0
+    q = result["quality"]
+    assert q["compression_ratio_values"] == 98.0 and 40 < q["kae_bytes_per_image"] < 60
+    assert q["kae_uint8_psnr_db"] <= q["psnr_db"] + 0.5
+    assert {b["codec"] for b in result["pillow"]} == {"jpeg", "webp", "png"}
+    png = next(b for b in result["pillow"] if b["codec"] == "png")
+    assert png["psnr_db"] == float("inf")  # lossless
+    env_info = result["environment"]
+    assert env_info["cores"] >= 1 and env_info["ort_intra_op_threads"] == 1 and env_info["onnxruntime"]
+
+
+def test_bad_batch_sizes(env):
+    r = kaec("bench", "--batch-sizes", "1,x", env=env)
+    assert r.returncode == 2 and "--batch-sizes" in r.stderr
+
+
+def _cuda_ready() -> bool:
+    import onnxruntime as ort
+    import torch
+
+    return torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+@pytest.mark.skipif(_cuda_ready(), reason="this machine has a usable CUDA onnxruntime")
+def test_cuda_without_a_usable_gpu_is_refused(env, tmp_path, mnist_root):
+    r = kaec("bench", "--provider", "cuda", "-m", "tiny-a", "--seconds", "0.01", "--data-root", mnist_root,
+             env={**env, "XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "pip install" in r.stderr or "CUDA is not usable" in r.stderr
+
+
+@pytest.mark.skipif(not _cuda_ready(), reason="needs a GPU and onnxruntime-gpu")
+def test_cuda_benchmark(env, tmp_path, mnist_root):
+    out = tmp_path / "bench.json"
+    r = kaec("bench", "--provider", "cuda", "-m", "tiny-a", "--batch-sizes", "1,256", "--seconds", "0.2",
+             "--json", out, "--data-root", mnist_root, env={**env, "XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert r.returncode == 0, r.stderr
+    result = json.loads(out.read_text())
+    assert result["provider_used"] == "CUDAExecutionProvider"
+    assert {row["runtime"] for row in result["inference"]} >= {"onnxruntime-cuda", "onnxruntime-cuda-iobinding"}
