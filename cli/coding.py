@@ -18,9 +18,6 @@ BATCH = typer.Option(256, "--batch-size", min=1, help="Tiles per network call.")
 DATA_ROOT = typer.Option(None, "--data-root", help="Dataset root (for verifying an ONNX export).")
 JSON = typer.Option(False, "--json", help="Print what was written as JSON.")
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm")
-
-
 def _inputs(paths: List[Path], suffixes: tuple[str, ...]) -> list[Path]:
     found = []
     for p in paths:
@@ -71,13 +68,14 @@ def encode(
     """Compress images to latents."""
     from kaecompress.codec import Codec, open_image
     from kaecompress.containers import QUANTS, SUFFIXES, write
+    from kaecompress.data import IMAGE_SUFFIXES
     from kaecompress.zoo import load_model
 
     if quant not in QUANTS:
         raise KaecError(f"--quant: expected one of {', '.join(QUANTS)}, got {quant!r}")
     if f".{fmt}" not in SUFFIXES:
         raise KaecError(f"--format: expected npy, npz or kae, got {fmt!r}")
-    files = _inputs(inputs, IMAGE_SUFFIXES)
+    files = _inputs(inputs, tuple(IMAGE_SUFFIXES))
     several = len(files) > 1 or any(p.is_dir() for p in inputs)
     suffix = output.suffix.lower() if not several and output.suffix else f".{fmt}"
     if suffix not in SUFFIXES:

@@ -63,10 +63,15 @@ class SweepProgress:
         return _RunProgress(self.bars, self.run)
 
 
+TEXT_COLUMNS = {"matrix_slug", "status", "dir", "file", "input", "output", "codec", "settings", "name", "dataset",
+                "recipe", "part", "runtime", "mode"}
+
+
 def runs_table(rows: list[dict], columns: list[str], title: str | None = None) -> Table:
+    """A rich table of `rows`: text columns left-aligned, figures right-aligned."""
     table = Table(title=title, title_justify="left")
     for c in columns:
-        table.add_column(c, justify="left" if c in ("matrix_slug", "status", "dir") else "right")
+        table.add_column(c, justify="left" if c in TEXT_COLUMNS else "right")
     for r in rows:
         table.add_row(*(str(r.get(c, "")) for c in columns))
     return table

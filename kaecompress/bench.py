@@ -171,7 +171,7 @@ def run_bench(loaded, *, provider: str = "cpu", batch_sizes: Sequence[int] = (1,
         for part, sess, inp, name in (("encoder", encoder_s, xb, "images"), ("decoder", decoder_s, zb, "latents")):
             step(f"{part} batch {batch}: onnxruntime")
             add(part, f"onnxruntime-{provider}", batch,
-                measure(lambda: sess.run(None, {name: inp}), batch, min_seconds=min_seconds))
+                measure(lambda s=sess, n=name, i=inp: s.run(None, {n: i}), batch, min_seconds=min_seconds))
             if provider == "cuda":
                 add(part, "onnxruntime-cuda-iobinding", batch,
                     _iobinding_timing(sess, name, inp, batch, min_seconds))

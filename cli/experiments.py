@@ -1,0 +1,157 @@
+"""`kaec train`, `kaec results`, `kaec plot`: experiments, their runs and their results."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from kaecompress.errors import KaecError
+
+RUNS_DIR = typer.Option(Path("runs"), "--runs-dir", help="Folder holding one folder per experiment run.",
+                        envvar="KAEC_RUNS")
+CONFIG = typer.Option(..., "--config", "-c", help="Experiment YAML file.", dir_okay=False)
+
+
+def train(
+    config: Path = CONFIG,
+    runs_dir: Path = RUNS_DIR,
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset root (default: $KAEC_DATA or "
+                                             "the user cache dir)."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda (overrides the config)."),
+    reset: bool = typer.Option(False, "--reset", help="Delete the selected runs' folders and start over."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the runs and their state; train nothing."),
+    only: Optional[List[str]] = typer.Option(None, "--only", help="Only runs whose slug matches (glob or "
+                                             "substring); repeatable."),
+    as_json: bool = typer.Option(False, "--json", help="Print the run summaries as JSON on stdout."),
+) -> None:
+    """Train every run of an experiment: finished runs are skipped, interrupted ones resume."""
+    from kaecompress.config import load_experiment
+    from kaecompress.sweep import run_dir, select
+
+    from kaecompress.cli.progress import SweepProgress, console, out, runs_table
+
+    exp = load_experiment(config)
+    selected = select(exp, only)
+    if dry_run:
+        from kaecompress.runs import run_status
+
+        rows = [{"matrix_id": r.matrix_id, "matrix_slug": r.matrix_slug,
+                 "status": run_status(run_dir(runs_dir, r)), "dir": str(run_dir(runs_dir, r))} for r in selected]
+        if as_json:
+            print(json.dumps(rows, indent=2))
+        else:
+            out.print(runs_table(rows, ["matrix_id", "matrix_slug", "status", "dir"],
+                                     title=f"{len(rows)} runs of {config}"))
+        return
+    if device and device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise KaecError(f"--device: expected auto, cpu or cuda, got {device!r}")
+
+    from kaecompress.sweep import run_sweep
+
+    with SweepProgress(len(selected), quiet=as_json) as progress:
+        try:
+            report = run_sweep(selected, runs_dir, reset=reset, data_root=data_root, device=device,
+                               on_run=progress.on_run)
+        except KeyboardInterrupt:
+            progress.stop()
+            console.print("[yellow]interrupted[/]: the current run saved a checkpoint; run the same command "
+                          "again to resume.", highlight=False)
+            raise typer.Exit(130) from None
+    if as_json:
+        print(json.dumps(report.summaries, indent=2))
+    else:
+        rows = [_summary_row(s) for s in report.summaries]
+        out.print(runs_table(rows, ["matrix_id", "matrix_slug", "status", "val loss", "params",
+                                        "throughput", "train time", "ratio"],
+                                 title=f"{exp.path}: {len(rows)} runs ({len(report.skipped)} already done)"))
+    for label, slugs in (("diverged", report.diverged), ("failed", report.failed)):
+        if slugs:
+            print(f"{len(slugs)} run(s) {label}: {', '.join(slugs)}", file=sys.stderr)
+    if report.failed:
+        raise typer.Exit(1)
+
+
+def _summary_row(s: dict) -> dict:
+    def num(v, fmt):
+        return "" if v is None else format(v, fmt)
+
+    return {
+        "matrix_id": s.get("matrix_id", ""), "matrix_slug": s.get("matrix_slug", ""), "status": s["status"],
+        "val loss": num(s.get("final_val_loss"), ".6f"), "params": num(s.get("params"), ","),
+        "throughput": num(s.get("throughput"), ",.0f") + ("/s" if s.get("throughput") else ""),
+        "train time": num((s.get("train_time_s") or 0) / 60 if "train_time_s" in s else None, ".2f") + " min",
+        "ratio": num(s.get("compression_ratio"), ".1f"),
+    }
+
+
+def results(
+    config: Path = CONFIG,
+    runs_dir: Path = RUNS_DIR,
+    exclude: Optional[List[str]] = typer.Option(None, "-ec", "--exclude", help="Columns to leave out; several "
+                                                "may follow one flag."),
+    sort: Optional[List[str]] = typer.Option(None, "-sc", "--sort", help="Sort columns, first primary; a "
+                                             "trailing '-' sorts descending."),
+    aggregate: Optional[str] = typer.Option(None, "-ac", "--aggregate", help="Merge runs that differ only in "
+                                            "this column (e.g. trial): means and a count column."),
+    aggregate_stats: Optional[List[str]] = typer.Option(None, "-acs", "--aggregate-stats", help="Add (std), "
+                                                        "(min) and (max) after this column."),
+    fmt: str = typer.Option("markdown", "-f", "--format", help="markdown, csv or json."),
+    hide_constant: bool = typer.Option(False, "--hide-constant", help="Leave out columns that never change."),
+) -> None:
+    """Print the experiment's results table (unfinished and diverged runs included, marked as such)."""
+    from kaecompress.config import load_experiment
+    from kaecompress.results import FORMATS, results_table
+
+    if fmt not in FORMATS:
+        raise KaecError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    table = results_table(load_experiment(config), runs_dir, exclude_columns=exclude or [],
+                          sort_columns=sort or [], aggregate_column=aggregate,
+                          aggregate_stats=aggregate_stats or [], hide_constant_columns=hide_constant)
+    sys.stdout.write(FORMATS[fmt](table))
+
+
+def plot(
+    config: Path = CONFIG,
+    output: Path = typer.Option(..., "-o", "--output", help="Image file to write (.png, .svg, .pdf)."),
+    runs_dir: Path = RUNS_DIR,
+    only: Optional[List[str]] = typer.Option(None, "--only", help="Only runs whose slug matches; repeatable."),
+    color_by: Optional[str] = typer.Option(None, "--color-by", help="Matrix key whose value picks the colour."),
+    log: bool = typer.Option(False, "--log", help="Logarithmic loss axis."),
+    recon: bool = typer.Option(False, "--recon", help="Instead of loss curves: originals above the "
+                               "reconstructions of each selected finished run, for fixed validation images."),
+    images: int = typer.Option(10, "--images", min=1, max=32, help="Validation images in a --recon grid."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset root for --recon."),
+) -> None:
+    """Plot loss curves of an experiment's runs, or a reconstruction grid."""
+    from kaecompress.config import load_experiment
+    from kaecompress.sweep import run_dir, select
+
+    selected = select(load_experiment(config), only)
+    if recon:
+        from kaecompress.data import load_images
+        from kaecompress.plots import plot_reconstructions
+        from kaecompress.runs import run_status
+        from kaecompress.zoo import load_run
+
+        done = [r for r in selected if run_status(run_dir(runs_dir, r)) == "finished"][:8]
+        if not done:
+            raise KaecError(f"{config}: no finished run among the selected ones; train them first")
+        first = done[0]
+        val = load_images(first.data.dataset, False, data_root or first.data.root, first.model.shape)
+        models = [(r.matrix_slug, load_run(run_dir(runs_dir, r)).model) for r in done]
+        path = plot_reconstructions(models, val[:images], output)
+    else:
+        from kaecompress.plots import plot_curves
+
+        path = plot_curves(selected, runs_dir, output, color_by=color_by, log=log)
+    print(path)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(train)
+    app.command()(results)
+    app.command()(plot)
