@@ -9,28 +9,17 @@ and float16), and Pillow's PNG and JPEG of the same image. Prints mean PSNR and 
 from __future__ import annotations
 
 import argparse
-import io
 import statistics
 
 import numpy as np
 from PIL import Image
 
+from kaecompress.bench import pillow_round_trip
 from kaecompress.codec import Codec
 from kaecompress.containers import from_kae, to_kae, to_npy
 from kaecompress.data import load_images
 from kaecompress.metrics import psnr
 from kaecompress.zoo import DEFAULT_MODEL, load_model
-
-
-def pillow(pixels: np.ndarray, fmt: str, **params) -> tuple[float, float]:
-    sizes, scores = [], []
-    for img in pixels:
-        buf = io.BytesIO()
-        Image.fromarray(img).save(buf, format=fmt, **params)
-        sizes.append(buf.tell())
-        back = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("L"), np.float64)
-        scores.append(psnr(float((((back - img) / 255.0) ** 2).mean())))
-    return statistics.fmean(sizes), statistics.fmean(scores)
 
 
 def main() -> None:
@@ -64,7 +53,7 @@ def main() -> None:
                                ("JPEG (Pillow, quality 75)", "JPEG", {"quality": 75}),
                                ("JPEG (Pillow, quality 10)", "JPEG", {"quality": 10}),
                                ("WebP (Pillow, quality 10)", "WEBP", {"quality": 10})):
-        rows.append((label, *pillow(pixels, fmt, **params)))
+        rows.append((label, *pillow_round_trip(pixels, fmt, **params)))
     print(f"{loaded.name} on {len(images)} {loaded.dataset} test images (784 raw bytes each)\n")
     print("| encoding | bytes / image | mean PSNR (dB) |")
     print("|---|---:|---:|")

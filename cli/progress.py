@@ -20,8 +20,7 @@ class _RunProgress:
         self.bars, self.task = bars, task
 
     def start(self, total: int, done: int) -> None:
-        self.bars.update(self.task, total=total, completed=done, visible=True)
-        self.bars.reset(self.task, total=total, completed=done, start=True)
+        self.bars.reset(self.task, total=total, completed=done, start=True, visible=True)
 
     def update(self, inputs: int, loss: float, throughput: float) -> None:
         self.bars.update(self.task, completed=inputs, loss=f"loss {loss:.5f}", speed=f"{throughput:,.0f}/s")
@@ -42,7 +41,6 @@ class SweepProgress:
         self.overall = self.bars.add_task("runs", total=n_runs, loss="", val="", speed="")
         self.run = self.bars.add_task("run", total=1, loss="", val="", speed="", visible=False, start=False)
         self.quiet = quiet
-        self._index = 0
 
     def __enter__(self):
         self.bars.__enter__()

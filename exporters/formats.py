@@ -71,31 +71,33 @@ def write_onnx(model: CNNKAE, folder: Path, metadata: dict) -> list[Path]:
     return paths
 
 
-def write_torchscript(model: CNNKAE, folder: Path, metadata: dict) -> list[Path]:
+def _write_torch(model: CNNKAE, folder: Path, metadata: dict, suffix: str, serialize) -> list[Path]:
+    """Each part, serialized by `serialize(module, example, buffer, extra_files)`, with the metadata inside."""
     paths = []
     for part in PARTS:
+        buf = io.BytesIO()
         with quiet(), torch.no_grad():
-            traced = torch.jit.trace(getattr(model, part).eval(), example(model, part), check_trace=False)
-            buf = io.BytesIO()
-            torch.jit.save(traced, buf, _extra_files={"kaecompress.json": json.dumps({**metadata, "part": part})})
-        path = folder / f"{part}.pt"
+            serialize(getattr(model, part).eval(), example(model, part), buf,
+                      {"kaecompress.json": json.dumps({**metadata, "part": part})})
+        path = folder / f"{part}.{suffix}"
         atomic_write_bytes(path, buf.getvalue())
         paths.append(path)
     return paths
+
+
+def write_torchscript(model: CNNKAE, folder: Path, metadata: dict) -> list[Path]:
+    def serialize(module, x, buf, extra):
+        torch.jit.save(torch.jit.trace(module, x, check_trace=False), buf, _extra_files=extra)
+
+    return _write_torch(model, folder, metadata, "pt", serialize)
 
 
 def write_pt2(model: CNNKAE, folder: Path, metadata: dict) -> list[Path]:
-    paths = []
-    for part in PARTS:
-        with quiet(), torch.no_grad():
-            program = torch.export.export(getattr(model, part).eval(), (example(model, part),),
-                                          dynamic_shapes=_batch_dim())
-            buf = io.BytesIO()
-            torch.export.save(program, buf, extra_files={"kaecompress.json": json.dumps({**metadata, "part": part})})
-        path = folder / f"{part}.pt2"
-        atomic_write_bytes(path, buf.getvalue())
-        paths.append(path)
-    return paths
+    def serialize(module, x, buf, extra):
+        program = torch.export.export(module, (x,), dynamic_shapes=_batch_dim())
+        torch.export.save(program, buf, extra_files=extra)
+
+    return _write_torch(model, folder, metadata, "pt2", serialize)
 
 
 WRITERS = {"onnx": write_onnx, "torchscript": write_torchscript, "pt2": write_pt2}

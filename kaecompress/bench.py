@@ -101,7 +101,7 @@ def cuda_sessions(folder, threads):
     return sessions
 
 
-def _pillow_round_trip(images: np.ndarray, fmt: str, **params) -> tuple[float, float]:
+def pillow_round_trip(images: np.ndarray, fmt: str, **params) -> tuple[float, float]:
     """Mean bytes and mean PSNR of encoding + decoding each image with Pillow."""
     from PIL import Image
 
@@ -119,7 +119,7 @@ def _pillow_round_trip(images: np.ndarray, fmt: str, **params) -> tuple[float, f
 
 def _closest_quality(images: np.ndarray, fmt: str, target_bytes: float) -> int:
     """The quality setting whose mean file size is closest to `target_bytes`."""
-    best = min(range(1, 96, 2), key=lambda q: abs(_pillow_round_trip(images[:50], fmt, quality=q)[0] - target_bytes))
+    best = min(range(1, 96, 2), key=lambda q: abs(pillow_round_trip(images[:50], fmt, quality=q)[0] - target_bytes))
     return best
 
 
@@ -206,7 +206,7 @@ def run_bench(loaded, *, provider: str = "cpu", batch_sizes: Sequence[int] = (1,
         for fmt, params in (("JPEG", {"quality": _closest_quality(sample, "JPEG", kae_bytes)}),
                             ("WEBP", {"quality": _closest_quality(sample, "WEBP", kae_bytes)}),
                             ("PNG", {"optimize": True})):
-            mean_bytes, mean_psnr = _pillow_round_trip(sample, fmt, **params)
+            mean_bytes, mean_psnr = pillow_round_trip(sample, fmt, **params)
 
             def round_trip(imgs=sample[:32], f=fmt, p=params):
                 for img in imgs:
