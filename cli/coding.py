@@ -116,7 +116,7 @@ def decode(
     loaded = load_model(model or _model_of(files[0]) or DEFAULT_MODEL)
     codec = Codec(loaded, backend, batch_size, data_root)
     shape = (codec.height, codec.width)
-    encoded = [read(p, codec.latent_dim, shape) for p in files]
+    encoded = [read(p, codec.latent_dim, shape, codec.channels) for p in files]
     for p, enc in zip(files, encoded):
         codec.check_model(enc, str(p))
     images = codec.decompress_many(encoded)
@@ -142,13 +142,15 @@ def _model_of(path: Path) -> str | None:
 
     if path.suffix.lower() == ".kae":  # a damaged .kae is reported as such, before any model is loaded
         return find_by_hash(from_kae(path.read_bytes(), str(path))[0].weights_sha256)
+    import zipfile
+
     try:
         if path.suffix.lower() == ".npz":
             import numpy as np
 
             with np.load(path, allow_pickle=False) as z:
                 return find_by_hash(str(z["weights_sha256"]))
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
         return None  # reading it properly later gives the precise error
     return None
 

@@ -92,6 +92,10 @@ def export(model: CNNKAE, out_dir: str | Path, formats: Iterable[str] = FORMATS,
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
         raise KaecError(f"{out_dir}: already exists (use --force to replace it)")
+    if out_dir.exists() and (not out_dir.is_dir() or Path.cwd().resolve().is_relative_to(out_dir.resolve())
+                             or (any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file())):
+        raise KaecError(f"{out_dir}: --force replaces only an earlier export folder (one with a {MANIFEST}), "
+                        "never the working directory or another folder")
     if not out_dir.parent.is_dir():
         raise KaecError(f"{out_dir}: folder {out_dir.parent} does not exist")
     if len(images) < max(BATCH_SIZES):
@@ -108,9 +112,13 @@ def export(model: CNNKAE, out_dir: str | Path, formats: Iterable[str] = FORMATS,
         report = verify(tmp, model, images)
         manifest = _manifest(model, metadata, formats, tmp, report)
         atomic_write_json(tmp / MANIFEST, manifest)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
+        old = None
+        if out_dir.exists():  # set the old export aside first, so one of the two is always complete
+            old = out_dir.with_name(tmp.name.replace(".tmp", ".old"))
+            out_dir.rename(old)
         tmp.rename(out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -166,10 +174,17 @@ def read_manifest(folder: str | Path) -> dict:
 def verify_dir(folder: str | Path, model: CNNKAE, images: torch.Tensor) -> dict:
     """Re-check an export folder: every file's sha256 against the manifest, then outputs against `model`."""
     folder = Path(folder)
+    manifest = check_files(folder)
+    return verify(folder, model, images, manifest["files"])
+
+
+def check_files(folder: str | Path) -> dict:
+    """The manifest of an export folder whose every file is present with the sha256 it lists."""
+    folder = Path(folder)
     manifest = read_manifest(folder)
     for name, info in manifest["files"].items():
         if not (folder / name).is_file():
             raise KaecError(f"{folder / name}: missing (listed in {MANIFEST})")
         if _sha256(folder / name) != info["sha256"]:
             raise KaecError(f"{folder / name}: sha256 differs from {MANIFEST}; the file was changed")
-    return verify(folder, model, images, manifest["files"])
+    return manifest

@@ -129,11 +129,9 @@ def run_bench(loaded, *, provider: str = "cpu", batch_sizes: Sequence[int] = (1,
     import torch
     from PIL import Image
 
-    from kaecompress.codec import Codec, export_cache
-    from kaecompress.containers import to_kae
+    from kaecompress.codec import export_cache
     from kaecompress.data import load_images
     from kaecompress.exporters.formats import load_runner, onnx_session
-    from kaecompress.metrics import psnr
 
     if provider not in ("cpu", "cuda"):
         raise KaecError(f"--provider: expected cpu or cuda, got {provider!r}")
@@ -196,7 +194,7 @@ def run_bench(loaded, *, provider: str = "cpu", batch_sizes: Sequence[int] = (1,
         row["vs_pytorch_eager"] = row["images_per_s"] / base["images_per_s"]
 
     step("quality and bytes")
-    quality = _quality(loaded, x, z_all, Codec, to_kae, psnr)
+    quality = _quality(loaded, x, z_all)
     step("Pillow baselines")
     pixels = np.rint(x[:, 0].numpy() * 255).astype(np.uint8) if x.shape[1] == 1 else None
     baselines = []
@@ -234,12 +232,14 @@ def _iobinding_timing(session, name: str, inp: np.ndarray, batch: int, min_secon
                    sync=binding.synchronize_outputs)
 
 
-def _quality(loaded, x, z_all, codec_cls, to_kae, psnr) -> dict:
+def _quality(loaded, x, z_all) -> dict:
     import torch
 
-    from kaecompress.containers import from_kae
+    from kaecompress.codec import Codec
+    from kaecompress.containers import from_kae, to_kae
+    from kaecompress.metrics import psnr
 
-    codec = codec_cls(loaded)
+    codec = Codec(loaded)
     with torch.inference_mode():
         y = loaded.model.decoder(z_all).clamp(0, 1)
     per_image = ((y - x) ** 2).flatten(1).mean(1).double().tolist()

@@ -53,8 +53,12 @@ def _as_array(im, mode: str) -> np.ndarray:
         im = im.convert("L")
     elif im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
         arr = np.asarray(im, dtype=np.float64)
-        peak = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        return (np.clip(arr / peak, 0, 1)[None]).astype(np.float32)
+        if im.mode == "F" and arr.max() <= 1.0:
+            peak = 1.0  # float images already in [0, 1]
+        else:
+            peak = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        band = np.clip(arr / peak, 0, 1).astype(np.float32)[None]
+        return np.repeat(band, 3, axis=0) if mode == "RGB" else band
     elif im.mode != mode:
         im = im.convert(mode)
     arr = np.asarray(im, dtype=np.float32) / 255.0
@@ -98,13 +102,13 @@ def export_cache(loaded: LoadedModel, data_root=None, formats: tuple[str, ...] =
     """The model's verified export in `formats`, made once and kept under the user's cache dir."""
     import os
 
-    from kaecompress.exporters import export, read_manifest
+    from kaecompress.exporters import check_files, export
 
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kaecompress" / "exports"
     folder = base / loaded.weights_sha256[:16]
     have: set[str] = set()
     try:
-        manifest = read_manifest(folder)
+        manifest = check_files(folder)  # a damaged cached file means exporting again
         if manifest.get("weights_sha256") == loaded.weights_sha256:
             have = {info["format"] for info in manifest["files"].values()}
     except KaecError:

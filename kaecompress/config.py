@@ -241,6 +241,9 @@ def expand(raw: dict, source: str, text: str | None = None) -> tuple[dict[str, l
     exclude = raw.pop("exclude", None) or []
     if not isinstance(matrix, dict) or not all(isinstance(v, list) and v for v in matrix.values()):
         raise KaecError(f"{source}: matrix: expected a mapping of key to a non-empty list of values")
+    bad = [k for k in matrix if not isinstance(k, str) or not re.fullmatch(r"[A-Za-z][\w-]*", k)]
+    if bad:
+        raise KaecError(f"{source}: matrix key {bad[0]!r}: use letters, digits, '_' and '-' (it names folders)")
     if not isinstance(exclude, list) or not all(isinstance(e, dict) and set(e) <= set(matrix) for e in exclude):
         raise KaecError(f"{source}: exclude: expected a list of mappings over matrix keys ({', '.join(matrix)})")
     combos = [dict(zip(matrix, values)) for values in itertools.product(*matrix.values())]
@@ -260,6 +263,12 @@ def expand(raw: dict, source: str, text: str | None = None) -> tuple[dict[str, l
                               matrix_id=str(i).zfill(width), matrix_slug=slug))
     if not runs:
         raise KaecError(f"{source}: exclude drops every combination of the matrix")
+    seen: dict[str, RunConfig] = {}
+    for run in runs:  # the slug names the run's folder: two runs must never share one
+        if run.matrix_slug in seen:
+            raise KaecError(f"{source}: matrix values {seen[run.matrix_slug].matrix} and {run.matrix} give the same "
+                            f"run folder name {run.matrix_slug!r}; make them differ in letters or digits")
+        seen[run.matrix_slug] = run
     return matrix, runs
 
 

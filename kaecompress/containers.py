@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import struct
+import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,6 +121,8 @@ def from_kae(data: bytes, where: str) -> tuple[Encoded, str]:
         raise KaecError(f"{where}: unsupported .kae version {version} or header values")
     offset, scale, pos = 0.0, 1.0, _HEAD.size
     if QUANTS[quant] == "uint8":
+        if len(body) < pos + _SCALE.size:
+            raise KaecError(f"{where}: truncated .kae file")
         offset, scale = _SCALE.unpack_from(body, pos)
         pos += _SCALE.size
     dtype = np.uint8 if QUANTS[quant] == "uint8" else np.float16
@@ -132,8 +135,32 @@ def from_kae(data: bytes, where: str) -> tuple[Encoded, str]:
     return enc, QUANTS[quant]
 
 
-def read(path: Path, latent_dim: int, patch: tuple[int, int]) -> Encoded:
-    """Any of .npy / .npz / .kae. A .npy carries no size: it decodes to its whole tile grid."""
+def read(path: Path, latent_dim: int, patch: tuple[int, int], channels: int = 1) -> Encoded:
+    """Any of .npy / .npz / .kae, checked against the decoding model (latent size, tile size, channels).
+    A .npy carries no size: it decodes to its whole tile grid."""
+    enc = _read(path, latent_dim, patch, channels)
+    check(enc, str(path), latent_dim, patch, channels)
+    return enc
+
+
+def check(enc: Encoded, where: str, latent_dim: int, patch: tuple[int, int], channels: int) -> None:
+    """The header and the latents must describe one image the model can rebuild."""
+    _check_latents(enc.latents, where, latent_dim)
+    if enc.mode not in MODES or enc.fit not in FITS:
+        raise KaecError(f"{where}: unknown mode {enc.mode!r} or fit {enc.fit!r}")
+    if enc.width < 1 or enc.height < 1:
+        raise KaecError(f"{where}: image size {enc.width}x{enc.height}; expected at least 1x1")
+    planes, ty, tx, _ = enc.latents.shape
+    expected_planes = 1 if channels == 3 else {"1": 1, "L": 1, "LA": 2, "RGB": 3, "RGBA": 4}[enc.mode]
+    if planes != expected_planes or (channels == 3 and enc.mode != "RGB"):
+        raise KaecError(f"{where}: {planes} latent planes do not fit mode {enc.mode} with a {channels}-channel model")
+    grid = (1, 1) if enc.fit == "resize" else (-(-enc.height // patch[0]), -(-enc.width // patch[1]))
+    if (ty, tx) != grid:
+        raise KaecError(f"{where}: a {enc.width}x{enc.height} image ({enc.fit}) needs {grid[0]}x{grid[1]} tiles "
+                        f"of {patch[1]}x{patch[0]}, the file has {ty}x{tx}")
+
+
+def _read(path: Path, latent_dim: int, patch: tuple[int, int], channels: int) -> Encoded:
     suffix = path.suffix.lower()
     try:
         data = path.read_bytes()
@@ -145,23 +172,18 @@ def read(path: Path, latent_dim: int, patch: tuple[int, int]) -> Encoded:
         raise KaecError(f"{path}: unknown input type (expected {', '.join(SUFFIXES)})")
     try:
         loaded = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise KaecError(f"{path}: not a readable {suffix} file ({e})") from None
-    if suffix == ".npy":
-        return _from_array(loaded, path, latent_dim, patch)
-    try:
-        enc = Encoded(loaded["latents"], int(loaded["width"]), int(loaded["height"]), str(loaded["mode"]),
-                      str(loaded["fit"]), str(loaded["model"]), str(loaded["weights_sha256"]))
+        if suffix == ".npy":
+            return _from_array(loaded, path, latent_dim, patch, channels)
+        return Encoded(loaded["latents"], int(loaded["width"]), int(loaded["height"]), str(loaded["mode"]),
+                       str(loaded["fit"]), str(loaded["model"]), str(loaded["weights_sha256"]))
     except KeyError as e:
         raise KaecError(f"{path}: .npz without {e} (expected latents, width, height, mode, fit, model, "
                         "weights_sha256)") from None
-    _check_latents(enc.latents, path, latent_dim)
-    if enc.mode not in MODES or enc.fit not in FITS:
-        raise KaecError(f"{path}: unknown mode {enc.mode!r} or fit {enc.fit!r}")
-    return enc
+    except (ValueError, TypeError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise KaecError(f"{path}: not a readable {suffix} file ({e})") from None
 
 
-def _check_latents(latents: np.ndarray, path: Path, latent_dim: int) -> None:
+def _check_latents(latents: np.ndarray, path, latent_dim: int) -> None:
     if latents.dtype != np.float32:
         raise KaecError(f"{path}: latents must be float32, got {latents.dtype}")
     if latents.ndim != 4 or latents.shape[-1] != latent_dim or min(latents.shape) < 1:
@@ -173,10 +195,10 @@ def _check_latents(latents: np.ndarray, path: Path, latent_dim: int) -> None:
         raise KaecError(f"{path}: latents contain NaN or infinity")
 
 
-def _from_array(latents: np.ndarray, path: Path, latent_dim: int, patch: tuple[int, int]) -> Encoded:
+def _from_array(latents: np.ndarray, path: Path, latent_dim: int, patch: tuple[int, int], channels: int) -> Encoded:
     if latents.ndim == 1:
         latents = latents.reshape(1, 1, 1, -1)
     _check_latents(latents, path, latent_dim)
     planes, ty, tx, _ = latents.shape
-    mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[planes]
+    mode = "RGB" if channels == 3 else {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[planes]
     return Encoded(latents, tx * patch[1], ty * patch[0], mode)

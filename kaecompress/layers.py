@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 
 def _weight(coeffs: torch.Tensor) -> torch.Tensor:
@@ -61,6 +62,7 @@ class _KAEPolyTrain(torch.autograd.Function):
         return torch.addmm(_constant(coeffs, bias), powers, weight.t())
 
     @staticmethod
+    @once_differentiable  # the hand-written gradient is not itself differentiable
     def backward(ctx, grad):
         powers, weight = ctx.saved_tensors
         in_dim, order, out_dim = ctx.in_dim, ctx.order, weight.shape[0]

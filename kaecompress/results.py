@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kaecompress import runs
-from kaecompress.config import Experiment
+from kaecompress.config import Experiment, slug_value
 from kaecompress.errors import KaecError
 
 PARAMS, TIME, THROUGHPUT, RATIO, COUNT, STATUS = (
@@ -33,6 +33,7 @@ class Table:
     columns: list[str]
     rows: list[dict]
     numeric: set[str] = field(default_factory=set)
+    keys: list[str] = field(default_factory=list)  # the matrix keys, in matrix order
 
     def column(self, name: str, flag: str) -> str:
         """`name` itself, or a clear error listing the columns."""
@@ -65,7 +66,7 @@ def collect(experiment: Experiment, runs_root: str | Path) -> Table:
     columns = [*ID_COLUMNS, *keys, loss, PARAMS, TIME, THROUGHPUT, RATIO]
     if any(r[STATUS] != "finished" for r in rows):
         columns.append(STATUS)
-    return Table(columns, rows, {loss, PARAMS, TIME, THROUGHPUT, RATIO})
+    return Table(columns, rows, {loss, PARAMS, TIME, THROUGHPUT, RATIO}, keys)
 
 
 def aggregate(table: Table, key: str, stats: list[str] = ()) -> Table:
@@ -86,8 +87,7 @@ def aggregate(table: Table, key: str, stats: list[str] = ()) -> Table:
         first = members[0]
         row = {c: first.get(c) for c in group_by}
         row["matrix_id"] = first["matrix_id"]
-        row["matrix_slug"] = "_".join(p if not p.startswith(f"{key}:") else f"{key}:*"
-                                      for p in first["matrix_slug"].split("_"))
+        row["matrix_slug"] = "_".join(f"{k}:{'*' if k == key else slug_value(first[k])}" for k in table.keys)
         for c in table.numeric:
             values = [m[c] for m in done if m.get(c) is not None]
             row[c] = sum(values) / len(values) if values else None
@@ -117,7 +117,7 @@ def aggregate(table: Table, key: str, stats: list[str] = ()) -> Table:
     if any(r[STATUS] != "finished" for r in rows):
         columns.append(STATUS)
     numeric = table.numeric | {f"{c} {s}" for c in stats for s in STAT_SUFFIXES} | {COUNT}
-    return Table(columns, rows, numeric)
+    return Table(columns, rows, numeric, table.keys)
 
 
 def sort(table: Table, keys: list[str]) -> Table:
@@ -131,7 +131,7 @@ def sort(table: Table, keys: list[str]) -> Table:
         missing = [r for r in rows if r.get(name) is None]
         present.sort(key=lambda r: _sort_key(r[name]), reverse=descending)
         rows = present + missing
-    return Table(table.columns, rows, table.numeric)
+    return Table(table.columns, rows, table.numeric, table.keys)
 
 
 def _sort_key(value):
@@ -140,7 +140,7 @@ def _sort_key(value):
 
 def exclude(table: Table, names: list[str]) -> Table:
     drop = {table.column(n, "--exclude") for n in names}
-    return Table([c for c in table.columns if c not in drop], table.rows, table.numeric)
+    return Table([c for c in table.columns if c not in drop], table.rows, table.numeric, table.keys)
 
 
 def hide_constant(table: Table) -> Table:
@@ -148,7 +148,7 @@ def hide_constant(table: Table) -> Table:
     if len(table.rows) < 2:
         return table
     keep = [c for c in table.columns if len({repr(r.get(c)) for r in table.rows}) > 1]
-    return Table(keep, table.rows, table.numeric)
+    return Table(keep, table.rows, table.numeric, table.keys)
 
 
 # ---- rendering --------------------------------------------------------------------------------------
@@ -171,7 +171,7 @@ def format_cell(column: str, value) -> str:
     return str(value)
 
 
-def _display(table: Table, row: dict, column: str) -> str:
+def _display(row: dict, column: str) -> str:
     text = format_cell(column, row.get(column))
     if not text and column.startswith("validation loss (") and row.get(STATUS, "finished") != "finished":
         return row[STATUS]  # an unfinished run says so where its loss would be
@@ -179,7 +179,7 @@ def _display(table: Table, row: dict, column: str) -> str:
 
 
 def to_markdown(table: Table) -> str:
-    cells = [[_display(table, r, c) for c in table.columns] for r in table.rows]
+    cells = [[_display(r, c) for c in table.columns] for r in table.rows]
     right = [c in table.numeric or all(_is_number(r.get(c)) for r in table.rows) for c in table.columns]
 
     # As in the study's tables, a statistic right after its column is headed just "(std)", "(min)", "(max)".

@@ -51,7 +51,7 @@ def check_runs(selected: list[RunConfig]) -> None:
 
     seen = set()
     for cfg in selected:
-        key = repr((cfg.model, cfg.train.optimizer))
+        key = repr((cfg.model, cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay))
         if key not in seen:
             seen.add(key)
             try:

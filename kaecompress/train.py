@@ -71,7 +71,10 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float | None = No
     params = list(params)
     if "fused" in inspect.signature(cls).parameters and all(p.device.type in ("cpu", "cuda") for p in params):
         kwargs["fused"] = True
-    return cls(params, **kwargs)
+    try:
+        return cls(params, **kwargs)
+    except (TypeError, ValueError) as e:  # e.g. a negative weight_decay, or one the optimizer does not take
+        raise KaecError(f"train: {match} refuses these settings ({e})") from None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -101,6 +104,7 @@ class _State:
     train_time: float = 0.0
     best_val: float = math.inf
     last_val: float = math.nan
+    mid_step: bool = False
 
 
 class _Scalars:
@@ -168,7 +172,8 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, data_root: str | Path | No
             status = _loop(cfg, model, optimizer, train_images, val_images, dev, state, run_dir, progress,
                            scalars, stop)
     except KeyboardInterrupt:
-        _save_checkpoint(ckpt_path, model, optimizer, cfg, state)
+        if not state.mid_step:  # else the last checkpoint stays: it matches its own counters
+            _save_checkpoint(ckpt_path, model, optimizer, cfg, state)
         raise
     finally:
         scalars.close()
@@ -235,6 +240,7 @@ def _loop(cfg, model, optimizer, train_images, val_images, dev, state, run_dir, 
             for start in range(offset, n, tc.batch_size):
                 size = min(tc.batch_size, n - start, tc.max_inputs - state.inputs)
                 x = train_images[order[start:start + size]].to(dev, non_blocking=True)
+                state.mid_step = True  # weights and counters disagree until the inputs are counted
                 loss = F.mse_loss(model(x), x)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -242,6 +248,7 @@ def _loop(cfg, model, optimizer, train_images, val_images, dev, state, run_dir, 
                 loss_sum += loss.detach() * size
                 loss_count += size
                 state.inputs += size
+                state.mid_step = False
                 if loss_count >= tc.log_every or state.inputs >= tc.max_inputs:
                     mean = loss_sum.item() / loss_count  # one device sync per log interval
                     if not math.isfinite(mean):
@@ -254,10 +261,10 @@ def _loop(cfg, model, optimizer, train_images, val_images, dev, state, run_dir, 
                     progress.update(state.inputs, mean, state.inputs / elapsed if elapsed > 0 else 0.0)
                     loss_sum.zero_()
                     loss_count = 0
+                if state.inputs >= tc.max_inputs or start + size >= n:
+                    break  # the epoch end or the budget: validate first, then honour a Ctrl-C
                 if stop["stop"]:
                     raise KeyboardInterrupt
-                if state.inputs >= tc.max_inputs:
-                    break
                 if time.monotonic() - last_ckpt > tc.checkpoint_every_s:
                     state.train_time += time.perf_counter() - seg_start
                     _save_checkpoint(run_dir / runs.CHECKPOINT, model, optimizer, cfg, state, metrics)
@@ -280,6 +287,8 @@ def _loop(cfg, model, optimizer, train_images, val_images, dev, state, run_dir, 
             if state.inputs < tc.max_inputs:
                 _save_checkpoint(run_dir / runs.CHECKPOINT, model, optimizer, cfg, state, metrics)
                 last_ckpt = time.monotonic()
+                if stop["stop"]:
+                    raise KeyboardInterrupt
         return "finished"
     except KeyboardInterrupt:
         if seg_start is not None:
@@ -321,6 +330,9 @@ def load_checkpoint(path: str | Path) -> dict:
 
 def _load_checkpoint(path: Path, model, optimizer, cfg: RunConfig) -> _State:
     ckpt = load_checkpoint(path)
+    if ckpt.get("version") != CHECKPOINT_VERSION:
+        raise KaecError(f"{path}: checkpoint format {ckpt.get('version')!r}, expected {CHECKPOINT_VERSION}; "
+                        "use --reset to start over")
     if ckpt.get("config", {}).get("model") != cfg.to_dict()["model"]:
         raise KaecError(f"{path}: checkpoint was trained with another model config; use --reset to start over")
     try:

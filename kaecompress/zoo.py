@@ -148,6 +148,8 @@ def promote(run_dir: str | Path, name: str, *, dest: Path | None = None, recipe:
     if not re.fullmatch(r"[a-z0-9][a-z0-9.-]*", name):
         raise KaecError(f"--name {name!r}: use lower-case letters, digits, '-' and '.'")
     dest = Path(dest or trained_dir())
+    if not dest.is_dir():
+        raise KaecError(f"--dest {dest}: no such folder")
     card_path = dest / f"{name}.json"
     if card_path.exists() and not force:
         raise KaecError(f"{card_path}: already exists (use --force to replace it)")

@@ -156,3 +156,30 @@ def test_damaged_weights_are_refused(env, zoo, tmp_path):
     assert r.returncode == 0
     r = kaec("encode", "x.png", "-o", tmp_path / "z.kae", "-m", "tiny-a", env={"KAEC_TRAINED": str(copy)})
     assert r.returncode == 2
+
+
+def test_headers_that_do_not_describe_an_image_are_refused(env, mnist_val, tmp_path):
+    import io
+
+    from kaecompress.containers import Encoded, read, to_npz
+
+    codec = Codec(load_model("tiny-a"))
+    enc = codec.compress(digit(mnist_val))
+    (tmp_path / "zip.npz").write_bytes(b"PK\x03\x04garbage")
+    bad = {
+        "width0.npz": Encoded(enc.latents, 0, 28, "L"),
+        "grid.npz": Encoded(enc.latents, 500, 28, "L"),
+        "mode.npz": Encoded(enc.latents, 28, 28, "RGB"),
+    }
+    for name, e in bad.items():
+        (tmp_path / name).write_bytes(to_npz(e))
+    buf = io.BytesIO()
+    np.savez(buf, latents=enc.latents, width="abc", height=28, mode="L", fit="tile", model="", weights_sha256="")
+    (tmp_path / "text.npz").write_bytes(buf.getvalue())
+    for name, message in (("zip.npz", "not a readable .npz"), ("width0.npz", "image size 0x28"),
+                          ("grid.npz", "needs 1x18 tiles"), ("mode.npz", "do not fit mode RGB"),
+                          ("text.npz", "not a readable .npz")):
+        with pytest.raises(KaecError, match=message):
+            read(tmp_path / name, 8, (28, 28))
+    r = kaec("decode", tmp_path / "zip.npz", "-o", tmp_path / "o.png", "-m", "tiny-a", env=env)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and not (tmp_path / "o.png").exists()

@@ -96,3 +96,13 @@ def test_yaml_tags_are_not_executed(tmp_path):
     bad.write_text("experiment_name: !!python/object/apply:os.system ['echo pwned']\n")
     with pytest.raises(KaecError, match="invalid YAML"):
         load_experiment(bad)
+
+
+def test_run_folders_never_collide_or_escape():
+    data = raw(train__optimizer="${opt}")
+    data["matrix"] = {"opt": ["Adam", "Adam "]}
+    with pytest.raises(KaecError, match="give the same run folder name 'opt:Adam'"):
+        expand(data, "x.yml")
+    data["matrix"] = {"../up": ["Adam"]}
+    with pytest.raises(KaecError, match=r"matrix key '../up': use letters"):
+        expand(data, "x.yml")

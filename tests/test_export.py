@@ -184,3 +184,20 @@ def test_python_api_returns_the_paths(trained, mnist_val, tmp_path):
     assert set(report) == {"encoder.pt", "decoder.pt"}
     with pytest.raises(KaecError, match="already exists"):
         export_torchscript(model, tmp_path / "ts", images=mnist_val[:40])
+
+
+def test_force_replaces_only_an_earlier_export(trained, mnist_val, tmp_path, monkeypatch):
+    model = load_run(trained[1]).model
+    precious = tmp_path / "notes"
+    precious.mkdir()
+    (precious / "keep.txt").write_text("mine")
+    with pytest.raises(KaecError, match="--force replaces only an earlier export folder"):
+        export(model, precious, ("pt2",), images=mnist_val[:40], force=True)
+    assert (precious / "keep.txt").read_text() == "mine"
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(KaecError, match="never the working directory"):
+        export(model, tmp_path, ("pt2",), images=mnist_val[:40], force=True)
+    export(model, tmp_path / "out", ("pt2",), images=mnist_val[:40])
+    export(model, tmp_path / "out", ("torchscript",), images=mnist_val[:40], force=True)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["decoder.pt", "encoder.pt", MANIFEST]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes", "out"]

@@ -229,3 +229,13 @@ def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path, monkeypatch)
         runs.atomic_write_json(target, {"new": True})
     assert json.loads(target.read_text()) == {"old": True}
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_aggregated_slug_keeps_underscored_keys_and_values(tmp_path):
+    cfg = tmp_path / "g.yml"
+    cfg.write_text(GRID.replace("deckae: [0, 2]", "dec_kae: [0, 2]\n  act: [leaky_relu]")
+                   .replace("${deckae}", "${dec_kae}").replace("  output_activation: sigmoid",
+                                                             "  output_activation: sigmoid\n  activation: ${act}"))
+    table = results_table(load_experiment(cfg), tmp_path / "none", aggregate_column="trial")
+    assert [r["matrix_slug"] for r in table.rows] == ["trial:*_dec_kae:0_act:leaky_relu",
+                                                      "trial:*_dec_kae:2_act:leaky_relu"]

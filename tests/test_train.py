@@ -119,3 +119,34 @@ def test_checkpoint_from_another_model_is_refused(tmp_path, data):
     other = dataclasses.replace(other, model=dataclasses.replace(other.model, latent_dim=4))
     with pytest.raises(KaecError, match="trained with another model config"):
         train_run(other, tmp_path / "run", **data)
+
+
+class CtrlCAt(StopAt):
+    """Sends a real SIGINT to this process once `inputs` have been seen, as a user's Ctrl-C would."""
+
+    def update(self, inputs, loss, throughput):
+        if inputs == self.inputs:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_at_an_epoch_end_validates_first_and_resumes_to_the_same_result(tmp_path, data):
+    cfg = tiny(max_inputs=640, log_every=32)
+    whole = train_run(cfg, tmp_path / "whole", **data)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(cfg, tmp_path / "split", progress=CtrlCAt(256), **data)  # 256 images: the first epoch end
+    ckpt = load_checkpoint(tmp_path / "split" / runs.CHECKPOINT)
+    assert ckpt["inputs"] == 256
+    assert [m["inputs"] for m in runs.read_metrics(tmp_path / "split") if "val_loss" in m] == [256]
+    resumed = train_run(cfg, tmp_path / "split", **data)
+    assert resumed["final_val_loss"] == whole["final_val_loss"]
+    vals = [m["inputs"] for m in runs.read_metrics(tmp_path / "split") if "val_loss" in m]
+    assert vals == [256, 512, 640]
+
+
+def test_optimizer_settings_it_refuses_are_a_clear_error(tmp_path, data):
+    with pytest.raises(KaecError, match="refuses these settings"):
+        train_run(tiny(weight_decay=-0.1), tmp_path / "run", **data)
+    assert not (tmp_path / "run").exists()
