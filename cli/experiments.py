@@ -29,7 +29,7 @@ def train(
     as_json: bool = typer.Option(False, "--json", help="Print the run summaries as JSON on stdout."),
 ) -> None:
     """Train every run of an experiment: finished runs are skipped, interrupted ones resume."""
-    from kaecompress.config import load_experiment
+    from kaecompress.config import check_device, load_experiment
     from kaecompress.sweep import run_dir, select
 
     from kaecompress.cli.progress import SweepProgress, console, out, runs_table
@@ -47,8 +47,8 @@ def train(
             out.print(runs_table(rows, ["matrix_id", "matrix_slug", "status", "dir"],
                                      title=f"{len(rows)} runs of {config}"))
         return
-    if device and device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-        raise KaecError(f"--device: expected auto, cpu or cuda, got {device!r}")
+    if device:
+        check_device(device, "--device")
 
     from kaecompress.sweep import run_sweep
 

@@ -157,6 +157,7 @@ def run_bench(loaded, *, provider: str = "cpu", batch_sizes: Sequence[int] = (1,
     scripted = {p: load_runner(folder / f"{p}.pt") for p in ("encoder", "decoder")}
     with torch.inference_mode():
         z_all = model.encoder(x)
+    model.to(device)
     raw_bytes = int(np.prod(loaded.model.shape))  # one byte per pixel value
     sync = torch.cuda.synchronize if device.type == "cuda" else None
     rows = []
@@ -174,7 +175,7 @@ def run_bench(loaded, *, provider: str = "cpu", batch_sizes: Sequence[int] = (1,
                 add(part, "onnxruntime-cuda-iobinding", batch,
                     _iobinding_timing(sess, name, inp, batch, min_seconds))
             t_in = torch.from_numpy(inp).to(device)
-            module = getattr(model.to(device), part)
+            module = getattr(model, part)
             step(f"{part} batch {batch}: pytorch eager")
 
             def eager(m=module, t=t_in):

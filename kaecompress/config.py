@@ -166,6 +166,12 @@ def _positive(value, where: str) -> None:
         raise KaecError(f"{where}: expected a positive value, got {value!r}")
 
 
+def check_device(name: str, where: str) -> str:
+    if name not in ("auto", "cpu", "cuda") and not name.startswith("cuda:"):
+        raise KaecError(f"{where}: expected auto, cpu or cuda, got {name!r}")
+    return name
+
+
 def build_run(raw: dict, source: str, *, trial: int = 0, matrix: dict | None = None,
               matrix_id: str = "1", matrix_slug: str = "run") -> RunConfig:
     """Validate one run's resolved mapping (matrix values already substituted)."""
@@ -195,8 +201,7 @@ def build_run(raw: dict, source: str, *, trial: int = 0, matrix: dict | None = N
     for key in ("encoder_kae_order", "decoder_kae_order"):
         if getattr(model, key) < 0:
             raise KaecError(f"{source}: model.{key}: expected an order >= 0 (0 means a Linear layer)")
-    if train.device not in ("auto", "cpu", "cuda") and not train.device.startswith("cuda:"):
-        raise KaecError(f"{source}: train.device: expected auto, cpu or cuda, got {train.device!r}")
+    check_device(train.device, f"{source}: train.device")
     return RunConfig(name, data, model, train, trial, dict(matrix or {}), matrix_id, matrix_slug, source)
 
 

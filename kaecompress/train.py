@@ -348,4 +348,3 @@ def _optimizer_to(optimizer, dev: torch.device) -> None:
         for k, v in st.items():
             if isinstance(v, torch.Tensor) and k != "step":
                 st[k] = v.to(dev)
-
