@@ -123,15 +123,17 @@ def onnx_session(path: Path, provider: str = "cpu", threads: int | None = None, 
     return ort.InferenceSession(str(path), options, providers=names)
 
 
-def load_runner(path: Path):
-    """A callable running one artefact in its own runtime: onnxruntime, torch.jit or torch.export."""
+def load_runner(path: Path, device: str | torch.device = "cpu"):
+    """A callable running one artefact in its own runtime: onnxruntime, torch.jit or torch.export. `device`
+    is where TorchScript weights are loaded (the others run on the CPU)."""
     fmt = {v: k for k, v in EXTENSIONS.items()}[path.suffix.lstrip(".")]
     if fmt == "onnx":
         session = onnx_session(path)
         name = session.get_inputs()[0].name
         return lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])
     with quiet():
-        module = torch.jit.load(str(path)) if fmt == "torchscript" else torch.export.load(str(path)).module()
+        module = (torch.jit.load(str(path), map_location=device) if fmt == "torchscript"
+                  else torch.export.load(str(path)).module())
 
     def run(x):
         with torch.no_grad():

@@ -89,8 +89,16 @@ def cuda_sessions(folder, threads):
         raise KaecError("--provider cuda: this onnxruntime has no CUDA support; install the GPU build in an "
                         "environment without the CPU one: pip uninstall onnxruntime && pip install "
                         "'kaecompress[gpu]'")
+    import torch
+
     from kaecompress.exporters.formats import onnx_session
 
+    if torch.version.cuda and not torch.cuda.is_available():
+        # Said here in one line; onnxruntime would log a screenful about libcuda and then fall back.
+        raise KaecError("--provider cuda: CUDA is not usable here: no GPU or driver is visible (torch.cuda."
+                        "is_available() is False)")
+    if hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()  # CUDA and cuDNN from the nvidia-* wheels torch installed; no LD_LIBRARY_PATH needed
     sessions = [onnx_session(folder / f"{part}.onnx", "cuda", threads, spinning=False)
                 for part in ("encoder", "decoder")]
     for s in sessions:
@@ -154,7 +162,7 @@ def run_bench(loaded, *, provider: str = "cpu", batch_sizes: Sequence[int] = (1,
         encoder_s, decoder_s = (onnx_session(folder / f"{p}.onnx", "cpu", threads, spinning=False)
                                 for p in ("encoder", "decoder"))
     used = encoder_s.get_providers()[0]
-    scripted = {p: load_runner(folder / f"{p}.pt") for p in ("encoder", "decoder")}
+    scripted = {p: load_runner(folder / f"{p}.pt", device) for p in ("encoder", "decoder")}
     with torch.inference_mode():
         z_all = model.encoder(x)
     model.to(device)
@@ -173,7 +181,7 @@ def run_bench(loaded, *, provider: str = "cpu", batch_sizes: Sequence[int] = (1,
                 measure(lambda s=sess, n=name, i=inp: s.run(None, {n: i}), batch, min_seconds=min_seconds))
             if provider == "cuda":
                 add(part, "onnxruntime-cuda-iobinding", batch,
-                    _iobinding_timing(sess, name, inp, batch, min_seconds))
+                    measure(iobinding_run(sess, name, inp)[0], batch, min_seconds=min_seconds))
             t_in = torch.from_numpy(inp).to(device)
             module = getattr(model, part)
             step(f"{part} batch {batch}: pytorch eager")
@@ -183,11 +191,9 @@ def run_bench(loaded, *, provider: str = "cpu", batch_sizes: Sequence[int] = (1,
                     return m(t)
 
             add(part, f"pytorch-eager-{device.type}", batch, measure(eager, batch, min_seconds=min_seconds, sync=sync))
-            if device.type == "cpu":
-                step(f"{part} batch {batch}: torchscript")
-                t_cpu = torch.from_numpy(inp)
-                add(part, "torchscript-cpu", batch,
-                    measure(lambda r=scripted[part], t=t_cpu: r(t), batch, min_seconds=min_seconds))
+            step(f"{part} batch {batch}: torchscript")
+            add(part, f"torchscript-{device.type}", batch,
+                measure(lambda r=scripted[part], t=t_in: r(t), batch, min_seconds=min_seconds, sync=sync))
     model.to("cpu")
     for row in rows:
         base = next(r for r in rows if r["part"] == row["part"] and r["batch"] == row["batch"]
@@ -222,15 +228,20 @@ def run_bench(loaded, *, provider: str = "cpu", batch_sizes: Sequence[int] = (1,
             "quality": quality, "pillow": baselines}
 
 
-def _iobinding_timing(session, name: str, inp: np.ndarray, batch: int, min_seconds: float) -> Timing:
-    """Inputs and outputs stay on the GPU: the figure of the network alone, without host copies."""
+def iobinding_run(session, name: str, inp: np.ndarray, device: str = "cuda"):
+    """A call running `session` with its input and output kept on `device` (no host copies per call), and
+    the binding, whose `copy_outputs_to_cpu()` reads the last result."""
     import onnxruntime as ort
 
     binding = session.io_binding()
-    binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(inp, "cuda", 0))
-    binding.bind_output(session.get_outputs()[0].name, "cuda", 0)
-    return measure(lambda: session.run_with_iobinding(binding), batch, min_seconds=min_seconds,
-                   sync=binding.synchronize_outputs)
+    binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(inp, device, 0))
+    binding.bind_output(session.get_outputs()[0].name, device, 0)
+
+    def run():
+        session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+
+    return run, binding
 
 
 def _quality(loaded, x, z_all) -> dict:

@@ -1,6 +1,8 @@
 import json
 
+import numpy as np
 import pytest
+import torch
 
 from kaecompress.bench import Timing
 
@@ -46,6 +48,49 @@ def test_cpu_benchmark_end_to_end(env, tmp_path, mnist_root):
 def test_bad_batch_sizes(env):
     r = kaec("bench", "--batch-sizes", "1,x", env=env)
     assert r.returncode == 2 and "--batch-sizes" in r.stderr
+
+
+@pytest.fixture
+def exported_tiny(env, tmp_path, monkeypatch, mnist_root):
+    from kaecompress.codec import export_cache
+    from kaecompress.zoo import load_model
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    loaded = load_model("tiny-a")
+    return loaded, export_cache(loaded, mnist_root)
+
+
+def test_io_binding_runs_the_session_and_keeps_the_result_on_the_device(exported_tiny, mnist_val):
+    """The CUDA figure's IO-binding code, run on CPU OrtValues so it is exercised without a GPU."""
+    from kaecompress.bench import iobinding_run
+    from kaecompress.exporters.formats import onnx_session
+
+    loaded, folder = exported_tiny
+    session = onnx_session(folder / "encoder.onnx")
+    x = mnist_val[:5].numpy()
+    run, binding = iobinding_run(session, "images", x, device="cpu")
+    run()
+    (z,) = binding.copy_outputs_to_cpu()
+    np.testing.assert_allclose(z, session.run(None, {"images": x})[0], rtol=0, atol=0)
+    np.testing.assert_allclose(z, loaded.model.encoder(torch.from_numpy(x)).detach().numpy(), atol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider'")
+def test_a_cuda_session_that_fell_back_to_cpu_is_refused(exported_tiny, monkeypatch):
+    """onnxruntime asked for CUDA where it cannot load builds a CPU session and only logs it; with a GPU
+    pretended visible, that session is what the check sees, and it must refuse."""
+    import onnxruntime as ort
+
+    from kaecompress.bench import cuda_sessions
+    from kaecompress.errors import KaecError
+
+    if _cuda_ready():
+        pytest.skip("CUDA really works here")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    available = ort.get_available_providers()
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", *available])
+    with pytest.raises(KaecError, match=r"session runs on \['CPUExecutionProvider'\]"):
+        cuda_sessions(exported_tiny[1], None)
 
 
 def _cuda_ready() -> bool:
