@@ -122,12 +122,12 @@ def decode(
     images = codec.decompress_many(encoded)
     if several:
         output.mkdir(exist_ok=True)
+    import io
+
     from kaecompress.runs import atomic_write_bytes
 
     rows = []
     for src, dst, im in zip(files, targets, images):
-        import io
-
         buf = io.BytesIO()
         im.save(buf, format="PNG")
         atomic_write_bytes(dst, buf.getvalue())

@@ -24,8 +24,9 @@ ID_COLUMNS = ("matrix_id", "matrix_slug")
 STAT_SUFFIXES = ("(std)", "(min)", "(max)")
 
 
-def loss_column(budget: int) -> str:
-    return f"validation loss ({budget:,} steps)"
+def loss_column(budgets: set[int]) -> str:
+    """Named after the training budget, as in the study; runs with different budgets share `(final)`."""
+    return f"validation loss ({next(iter(budgets)):,} steps)" if len(budgets) == 1 else "validation loss (final)"
 
 
 @dataclass
@@ -46,8 +47,7 @@ def collect(experiment: Experiment, runs_root: str | Path) -> Table:
     """One row per run of the experiment, finished or not."""
     from kaecompress.sweep import run_dir
 
-    budgets = {r.train.max_inputs for r in experiment.runs}
-    loss = loss_column(max(budgets))
+    loss = loss_column({r.train.max_inputs for r in experiment.runs})
     keys = list(experiment.matrix)
     rows = []
     for cfg in experiment.runs:

@@ -239,3 +239,13 @@ def test_aggregated_slug_keeps_underscored_keys_and_values(tmp_path):
     table = results_table(load_experiment(cfg), tmp_path / "none", aggregate_column="trial")
     assert [r["matrix_slug"] for r in table.rows] == ["trial:*_dec_kae:0_act:leaky_relu",
                                                       "trial:*_dec_kae:2_act:leaky_relu"]
+
+
+def test_the_loss_column_names_the_budget_only_when_all_runs_share_it(tmp_path):
+    cfg = tmp_path / "g.yml"
+    cfg.write_text(GRID)
+    assert LOSS in results_table(load_experiment(cfg), tmp_path / "none").columns
+    cfg.write_text(GRID.replace("deckae: [0, 2]", "deckae: [0, 2]\n  budget: [320, 640]")
+                   .replace("max_inputs: 320", "max_inputs: ${budget}"))
+    columns = results_table(load_experiment(cfg), tmp_path / "none").columns
+    assert "validation loss (final)" in columns and not any("steps)" in c for c in columns)
