@@ -32,18 +32,20 @@ def _inputs(paths: List[Path], suffixes: tuple[str, ...]) -> list[Path]:
     return found
 
 
-def _outputs(inputs: list[Path], output: Path, several: bool, suffix: str) -> list[Path]:
+def _to_folder(inputs: list[Path], files: list[Path], output: Path) -> bool:
+    """Outputs go into the folder `output` for several inputs, an existing folder, or a name without suffix."""
+    return len(files) > 1 or any(p.is_dir() for p in inputs) or output.is_dir() or not output.suffix
+
+
+def _outputs(inputs: list[Path], output: Path, to_folder: bool, suffix: str) -> list[Path]:
     """One output path per input: `output` itself for one file, else files inside the folder `output`."""
-    if not several:
-        if output.is_dir():
-            return [output / (inputs[0].stem + suffix)]
+    if not to_folder:
         if not output.parent.is_dir():
             raise KaecError(f"{output}: folder {output.parent} does not exist")
         return [output]
-    if not output.is_dir():
-        if not output.parent.is_dir() or output.suffix:
-            raise KaecError(f"{output}: with several inputs, -o must be a folder (an existing one, or a new "
-                            "one in an existing folder)")
+    if not output.is_dir() and (not output.parent.is_dir() or output.suffix or output.exists()):
+        raise KaecError(f"{output}: for several inputs or a name without suffix, -o is a folder (an existing "
+                        "one, or a new one in an existing folder)")
     targets = [output / (p.stem + suffix) for p in inputs]
     clash = {t for t in targets if targets.count(t) > 1}
     if clash:
@@ -58,7 +60,8 @@ def encode(
     model: Optional[str] = MODEL,
     fit: str = typer.Option("tile", "--fit", help="tile: cut into model-sized tiles (edges padded), decoded "
                             "at the original size; resize: the whole image as one tile."),
-    fmt: str = typer.Option("kae", "--format", help="npy, npz or kae, for outputs in a folder."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="npy, npz or kae (default) for outputs in a "
+                                      "folder; a file's own suffix says it otherwise."),
     quant: str = typer.Option("uint8", "--quant", help=".kae latents: uint8 (one scale per file) or float16."),
     backend: str = BACKEND,
     batch_size: int = BATCH,
@@ -73,18 +76,20 @@ def encode(
 
     if quant not in QUANTS:
         raise KaecError(f"--quant: expected one of {', '.join(QUANTS)}, got {quant!r}")
-    if f".{fmt}" not in SUFFIXES:
+    if fmt is not None and f".{fmt}" not in SUFFIXES:
         raise KaecError(f"--format: expected npy, npz or kae, got {fmt!r}")
     files = _inputs(inputs, tuple(IMAGE_SUFFIXES))
-    several = len(files) > 1 or any(p.is_dir() for p in inputs)
-    suffix = output.suffix.lower() if not several and output.suffix else f".{fmt}"
+    to_folder = _to_folder(inputs, files, output)
+    suffix = f".{fmt or 'kae'}" if to_folder else output.suffix.lower()
     if suffix not in SUFFIXES:
         raise KaecError(f"{output}: unknown output type (expected {', '.join(SUFFIXES)}, or a folder)")
-    targets = _outputs(files, output, several, suffix)
+    if fmt is not None and suffix != f".{fmt}":
+        raise KaecError(f"--format {fmt}: -o {output} says {suffix}; give one or the other")
+    targets = _outputs(files, output, to_folder, suffix)
     images = [open_image(p) for p in files]  # every input is read before anything is written
     codec = Codec(load_model(model), backend, batch_size, data_root)
     encoded = codec.compress_many(images, fit)
-    if several:
+    if to_folder:
         output.mkdir(exist_ok=True)
     rows = []
     for src, dst, enc in zip(files, targets, encoded):
@@ -109,18 +114,16 @@ def decode(
     from kaecompress.zoo import DEFAULT_MODEL, load_model
 
     files = _inputs(inputs, SUFFIXES)
-    several = len(files) > 1 or any(p.is_dir() for p in inputs)
-    if not several and output.suffix.lower() not in ("", ".png") and not output.is_dir():
+    to_folder = _to_folder(inputs, files, output)
+    if not to_folder and output.suffix.lower() != ".png":
         raise KaecError(f"{output}: decode writes PNG files (use a .png name or a folder)")
-    targets = _outputs(files, output, several, ".png")
+    targets = _outputs(files, output, to_folder, ".png")
     loaded = load_model(model or _model_of(files[0]) or DEFAULT_MODEL)
     codec = Codec(loaded, backend, batch_size, data_root)
     shape = (codec.height, codec.width)
-    encoded = [read(p, codec.latent_dim, shape, codec.channels) for p in files]
-    for p, enc in zip(files, encoded):
-        codec.check_model(enc, str(p))
+    encoded = [read(p, codec.latent_dim, shape, codec.channels, codec.check_model) for p in files]
     images = codec.decompress_many(encoded)
-    if several:
+    if to_folder:
         output.mkdir(exist_ok=True)
     import io
 

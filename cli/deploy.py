@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -78,8 +79,11 @@ def bench(
             raise ValueError
     except ValueError:
         raise KaecError(f"--batch-sizes: expected positive integers separated by commas, got {batch_sizes!r}") from None
-    if json_out is not None and not json_out.parent.is_dir():
-        raise KaecError(f"{json_out}: folder {json_out.parent} does not exist")
+    if json_out is not None:  # found out now, not after the whole benchmark
+        if json_out.is_dir():
+            raise KaecError(f"--json {json_out}: is a folder; expected a file name such as bench.json")
+        if not json_out.parent.is_dir() or not os.access(json_out.parent, os.W_OK):
+            raise KaecError(f"--json {json_out}: folder {json_out.parent} does not exist or is not writable")
     with console.status("benchmarking") as status:
         result = run_bench(load_model(model), provider=provider, batch_sizes=sizes, threads=threads,
                            min_seconds=seconds, data_root=data_root, progress=lambda s: status.update(s))

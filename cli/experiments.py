@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from kaecompress.errors import KaecError
+from kaecompress.errors import Interrupted, KaecError
 
 RUNS_DIR = typer.Option(Path("runs"), "--runs-dir", help="Folder holding one folder per experiment run.",
                         envvar="KAEC_RUNS")
@@ -36,19 +36,22 @@ def train(
 
     exp = load_experiment(config)
     selected = select(exp, only)
+    if device:
+        check_device(device, "--device")
     if dry_run:
         from kaecompress.runs import run_status
+        from kaecompress.sweep import check_runs
 
+        check_runs(selected, device)  # a dry run rejects what a real one would reject at once
         rows = [{"matrix_id": r.matrix_id, "matrix_slug": r.matrix_slug,
-                 "status": run_status(run_dir(runs_dir, r)), "dir": str(run_dir(runs_dir, r))} for r in selected]
+                 "status": run_status(run_dir(runs_dir, r), r.recipe()), "dir": str(run_dir(runs_dir, r))}
+                for r in selected]
         if as_json:
             print(json.dumps(rows, indent=2))
         else:
             out.print(runs_table(rows, ["matrix_id", "matrix_slug", "status", "dir"],
                                      title=f"{len(rows)} runs of {config}"))
         return
-    if device:
-        check_device(device, "--device")
 
     from kaecompress.sweep import run_sweep
 
@@ -58,9 +61,7 @@ def train(
                                on_run=progress.on_run)
         except KeyboardInterrupt:
             progress.stop()
-            console.print("[yellow]interrupted[/]: the current run saved a checkpoint; run the same command "
-                          "again to resume.", highlight=False)
-            raise typer.Exit(130) from None
+            raise Interrupted("the current run saved a checkpoint; run the same command again to resume") from None
     if as_json:
         print(json.dumps(report.summaries, indent=2))
     else:
@@ -68,9 +69,11 @@ def train(
         out.print(runs_table(rows, ["matrix_id", "matrix_slug", "status", "val loss", "params",
                                         "throughput", "train time", "ratio"],
                                  title=f"{exp.path}: {len(rows)} runs ({len(report.skipped)} already done)"))
-    for label, slugs in (("diverged", report.diverged), ("failed", report.failed)):
-        if slugs:
-            print(f"{len(slugs)} run(s) {label}: {', '.join(slugs)}", file=sys.stderr)
+    if report.diverged:
+        print(f"{len(report.diverged)} run(s) diverged: {', '.join(report.diverged)}", file=sys.stderr)
+    for s in report.summaries:
+        if s.get("status") == "failed":
+            print(f"run {s['matrix_slug']} failed: {s['error']}", file=sys.stderr)
     if report.failed:
         raise typer.Exit(1)
 
@@ -108,7 +111,11 @@ def results(
 
     if fmt not in FORMATS:
         raise KaecError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
-    table = results_table(load_experiment(config), runs_dir, exclude_columns=exclude or [],
+    exp = load_experiment(config)
+    if not (runs_dir / exp.name).is_dir():  # more likely a mistyped --runs-dir than a table of 'pending'
+        raise KaecError(f"{runs_dir / exp.name}: no runs of {config} there yet (train them with kaec train "
+                        f"-c {config}, or pass the --runs-dir they were trained in)")
+    table = results_table(exp, runs_dir, exclude_columns=exclude or [],
                           sort_columns=sort or [], aggregate_column=aggregate,
                           aggregate_stats=aggregate_stats or [], hide_constant_columns=hide_constant)
     sys.stdout.write(FORMATS[fmt](table))

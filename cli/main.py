@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -63,17 +64,38 @@ coding.register(app)
 
 
 def main() -> None:
-    """Console entry point: user mistakes become one line on stderr and exit 2 (`--debug` shows the trace)."""
+    """Console entry point: mistakes become one line on stderr and exit 2 (`--debug` shows the trace)."""
+    from kaecompress.errors import Interrupted
+
     argv = sys.argv[1:]
     debug = "--debug" in argv or os.environ.get("KAEC_DEBUG") == "1"
     argv = _expand_multi_value([a for a in argv if a != "--debug"])
-    try:
-        app(args=argv, prog_name="kaec")
-    except KaecError as e:
-        if debug:
+
+    def fail(message: str, code: int = 2):
+        if debug and sys.exc_info()[0] is not None:
             raise
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(code)
+
+    try:
+        code = app(args=argv, prog_name="kaec", standalone_mode=False)
+    except KaecError as e:
+        fail(str(e))
+    except typer.TyperException as e:  # usage mistakes: one line, not the boxed panel
+        where = getattr(e, "ctx", None)
+        message = e.format_message() if hasattr(e, "format_message") else str(e)
+        fail(message + (f" (see: {where.command_path} --help)" if where else ""))
+    except Interrupted as e:
+        fail(f"interrupted: {e}", 130)
+    except typer.Abort:
+        fail("aborted", 1)
+    except OSError as e:  # unwritable output, full disk, ...: the path and the reason
+        if e.errno == errno.EPIPE:  # `kaec results | head`
+            sys.exit(0)
+        fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
+    if code == 130:  # Ctrl-C: finished outputs stay, none is half-written (all writes are atomic)
+        fail("interrupted", 130)
+    sys.exit(code or 0)
 
 
 if __name__ == "__main__":

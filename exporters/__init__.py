@@ -93,9 +93,9 @@ def export(model: CNNKAE, out_dir: str | Path, formats: Iterable[str] = FORMATS,
     if out_dir.exists() and not force:
         raise KaecError(f"{out_dir}: already exists (use --force to replace it)")
     if out_dir.exists() and (not out_dir.is_dir() or Path.cwd().resolve().is_relative_to(out_dir.resolve())
-                             or (any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file())):
-        raise KaecError(f"{out_dir}: --force replaces only an earlier export folder (one with a {MANIFEST}), "
-                        "never the working directory or another folder")
+                             or (any(out_dir.iterdir()) and not _only_an_export(out_dir))):
+        raise KaecError(f"{out_dir}: --force replaces only a folder holding an earlier export and nothing else "
+                        f"(every file listed in its {MANIFEST}), never the working directory or another folder")
     if not out_dir.parent.is_dir():
         raise KaecError(f"{out_dir}: folder {out_dir.parent} does not exist")
     if len(images) < max(BATCH_SIZES):
@@ -123,6 +123,15 @@ def export(model: CNNKAE, out_dir: str | Path, formats: Iterable[str] = FORMATS,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return {fmt: [out_dir / p.name for p in paths] for fmt, paths in written.items()}
+
+
+def _only_an_export(folder: Path) -> bool:
+    """True when `folder` holds an export's files and nothing else: all that --force may delete."""
+    manifest = read_json(folder / MANIFEST)
+    if not (isinstance(manifest, dict) and manifest.get("format_version") and isinstance(manifest.get("files"), dict)):
+        return False
+    listed = {*manifest["files"], MANIFEST}
+    return all(p.name in listed and p.is_file() and not p.is_symlink() for p in folder.iterdir())
 
 
 def _manifest(model: CNNKAE, metadata: dict, formats, folder: Path, report: dict) -> dict:
@@ -173,8 +182,13 @@ def read_manifest(folder: str | Path) -> dict:
 
 def verify_dir(folder: str | Path, model: CNNKAE, images: torch.Tensor) -> dict:
     """Re-check an export folder: every file's sha256 against the manifest, then outputs against `model`."""
+    from kaecompress.zoo import weights_sha256 as hash_weights
+
     folder = Path(folder)
     manifest = check_files(folder)
+    ours, theirs = hash_weights(model), str(manifest.get("weights_sha256", ""))
+    if theirs and theirs != ours:
+        raise KaecError(f"{folder}: exported from another model (weights id {theirs[:16]}, this one's is {ours[:16]})")
     return verify(folder, model, images, manifest["files"])
 
 

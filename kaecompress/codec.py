@@ -195,7 +195,8 @@ class Codec:
             from kaecompress.zoo import find_by_hash
 
             match = find_by_hash(enc.weights_sha256)
-            hint = f"; it matches the trained model {match} (--model {match})" if match else ""
+            hint = (f"; it matches the trained model {match} (--model {match})" if match
+                    else "; pass --model with the run folder or checkpoint that encoded it")
             raise KaecError(f"{where}: encoded with another model (id {enc.weights_sha256[:16]}) than "
                             f"{self.loaded.name} (id {ours[:16]}){hint}")
 

@@ -21,6 +21,7 @@ import dataclasses
 import itertools
 import re
 import typing
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,36 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return _plain(dataclasses.asdict(self))
+
+    def recipe(self) -> dict:
+        return recipe_of(self.to_dict())
+
+
+# Settings that leave a run's numbers alone: changing them keeps a finished run finished.
+_NOT_RECIPE = {"": ("source", "matrix", "matrix_id", "matrix_slug"), "data": ("root",),
+               "train": ("device", "checkpoint_every_s", "log_every", "validation_batch_size")}
+
+
+def recipe_of(config: dict) -> dict:
+    """The part of a run's config (as `RunConfig.to_dict()` gives it) that determines its results."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    for section, keys in _NOT_RECIPE.items():
+        target = out if not section else out.get(section, {})
+        for k in keys:
+            target.pop(k, None)
+    return out
+
+
+def recipe_changes(old: dict, new: dict) -> list[str]:
+    """Dotted names of the settings that differ between two recipes."""
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += [f"{key}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        elif a != b:
+            changed.append(key)
+    return changed
 
 
 def _plain(obj):
@@ -283,14 +314,36 @@ def load_experiment(path: str | Path) -> Experiment:
 
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise KaecError(f"{path}: cannot read config ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise KaecError(f"{path}: not a text file (expected a UTF-8 YAML experiment)") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_unique_key_loader())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
         raise KaecError(f"{path}:{line} invalid YAML ({getattr(e, 'problem', None) or e})") from None
     matrix, runs = expand(raw, str(path), text)
     return Experiment(path, str(raw.get("experiment_name")), matrix, runs)
+
+
+def _unique_key_loader():
+    """yaml.SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last silently)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if not isinstance(key, Hashable):
+                    continue  # the base class reports unhashable keys
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice",
+                                                            key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeyLoader

@@ -19,6 +19,7 @@ import io
 import struct
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,7 @@ QUANTS = ("uint8", "float16")
 _HEAD = struct.Struct("<4sBBBB8sIIBHHH")
 _SCALE = struct.Struct("<ff")
 SUFFIXES = (".npy", ".npz", ".kae")
+MAX_PIXELS = 178_956_970  # Pillow's own limit for opening an image; a header claiming more is an attack
 
 
 @dataclass
@@ -135,10 +137,14 @@ def from_kae(data: bytes, where: str) -> tuple[Encoded, str]:
     return enc, QUANTS[quant]
 
 
-def read(path: Path, latent_dim: int, patch: tuple[int, int], channels: int = 1) -> Encoded:
+def read(path: Path, latent_dim: int, patch: tuple[int, int], channels: int = 1,
+         check_model: Callable[[Encoded, str], None] | None = None) -> Encoded:
     """Any of .npy / .npz / .kae, checked against the decoding model (latent size, tile size, channels).
-    A .npy carries no size: it decodes to its whole tile grid."""
+    A .npy carries no size: it decodes to its whole tile grid. `check_model` sees the file first, so a file
+    from another model is reported as such rather than as mismatched latent sizes."""
     enc = _read(path, latent_dim, patch, channels)
+    if check_model:
+        check_model(enc, str(path))
     check(enc, str(path), latent_dim, patch, channels)
     return enc
 
@@ -150,6 +156,8 @@ def check(enc: Encoded, where: str, latent_dim: int, patch: tuple[int, int], cha
         raise KaecError(f"{where}: unknown mode {enc.mode!r} or fit {enc.fit!r}")
     if enc.width < 1 or enc.height < 1:
         raise KaecError(f"{where}: image size {enc.width}x{enc.height}; expected at least 1x1")
+    if enc.width * enc.height > MAX_PIXELS:
+        raise KaecError(f"{where}: image size {enc.width}x{enc.height} is over the {MAX_PIXELS:,}-pixel limit")
     planes, ty, tx, _ = enc.latents.shape
     expected_planes = 1 if channels == 3 else {"1": 1, "L": 1, "LA": 2, "RGB": 3, "RGBA": 4}[enc.mode]
     if planes != expected_planes or (channels == 3 and enc.mode != "RGB"):

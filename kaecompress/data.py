@@ -12,6 +12,7 @@ import gzip
 import importlib.metadata
 import os
 import pickle
+import shutil
 import struct
 from collections.abc import Sequence
 from pathlib import Path
@@ -168,6 +169,8 @@ def _torchvision_download(name: str, root: Path) -> None:
     }[name]
     if os.environ.get("KAEC_OFFLINE") != "1":
         cls = torchvision.datasets.MNIST if name == "mnist" else torchvision.datasets.FashionMNIST
+        folder = root / _TV_FOLDER[name]
+        made = not folder.exists()
         old = socket.getdefaulttimeout()
         socket.setdefaulttimeout(15)
         try:
@@ -175,7 +178,8 @@ def _torchvision_download(name: str, root: Path) -> None:
                 cls(str(root), train=train, download=True)
             return
         except Exception:
-            pass
+            if made:  # the failed download's empty folders would look like a dataset being there
+                shutil.rmtree(folder, ignore_errors=True)
         finally:
             socket.setdefaulttimeout(old)
     raise KaecError(f"{name} data not found under {root} and no local source to prepare it from; "

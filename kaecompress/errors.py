@@ -3,3 +3,7 @@
 
 class KaecError(Exception):
     """A mistake in the user's input (config, data, paths), described in one line."""
+
+
+class Interrupted(Exception):
+    """The user stopped the work (Ctrl-C) and what was done is kept; the CLI exits 130 with this message."""

@@ -53,7 +53,7 @@ def collect(experiment: Experiment, runs_root: str | Path) -> Table:
     for cfg in experiment.runs:
         directory = run_dir(runs_root, cfg)
         summary = runs.read_json(directory / runs.SUMMARY) or {}
-        status = runs.run_status(directory)
+        status = runs.run_status(directory, cfg.recipe())  # `stale`: its numbers belong to other settings
         row = {"matrix_id": cfg.matrix_id, "matrix_slug": cfg.matrix_slug, **cfg.matrix, STATUS: status}
         if status == "finished":
             row.update({loss: summary.get("final_val_loss"), PARAMS: summary.get("params"),

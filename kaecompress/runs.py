@@ -15,6 +15,7 @@ temporary file in the same folder and is renamed over the old one.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -36,16 +37,20 @@ def public_mode(path: Path, directory: bool = False) -> None:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         public_mode(Path(tmp))
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno:  # name the file the user asked for, not the temp file
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
 
 
@@ -54,7 +59,18 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    """Strict JSON: NaN and infinities (not JSON) are written as null."""
+    atomic_write_text(path, json.dumps(finite(obj), indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -74,12 +90,28 @@ def read_json(path: Path) -> Any | None:
         return None
 
 
-def run_status(run_dir: Path) -> str:
-    """`finished`, `diverged`, `failed`, `interrupted` (has a checkpoint) or `pending`."""
+def run_status(run_dir: Path, recipe: dict | None = None) -> str:
+    """`finished`, `diverged`, `failed`, `interrupted` (has a checkpoint) or `pending`. Given the run's
+    current recipe (`RunConfig.recipe()`), a finished or diverged run trained with another one is `stale`."""
     summary = read_json(Path(run_dir) / SUMMARY)
-    if summary and summary.get("status") in (*DONE_STATES, "failed"):
+    if isinstance(summary, dict) and summary.get("status") in (*DONE_STATES, "failed"):
+        if recipe is not None and summary["status"] in DONE_STATES and changed_settings(summary, recipe):
+            return "stale"
         return summary["status"]
     return "interrupted" if (Path(run_dir) / CHECKPOINT).is_file() else "pending"
+
+
+def changed_settings(saved: dict, recipe: dict) -> list[str]:
+    """The settings in which `recipe` differs from the one saved with a run (in its summary or checkpoint)."""
+    from kaecompress.config import recipe_changes, recipe_of
+
+    old = saved.get("recipe") or (recipe_of(saved["config"]) if isinstance(saved.get("config"), dict) else None)
+    return recipe_changes(old, recipe) if isinstance(old, dict) else []  # runs from before recipes: unknown
+
+
+def stale_message(run_dir: Path, changes: list[str]) -> str:
+    return (f"{run_dir}: trained with other settings ({', '.join(changes)}); use --reset to train it again, "
+            "or put the settings back")
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

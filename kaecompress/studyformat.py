@@ -98,6 +98,11 @@ def _call(text: Any, key: str, allowed: set[str], names: dict, where: _Where) ->
                           call.lineno)
     if call.args:
         raise where.error(key, "use keyword arguments only", call.lineno)
+    names_given = [kw.arg for kw in call.keywords]
+    for kw in call.keywords:
+        if kw.arg is None or names_given.count(kw.arg) > 1:  # Python itself refuses both
+            raise where.error(key, f"keyword {kw.arg or '**'!r} given twice" if kw.arg else "'**' is not allowed",
+                              kw.lineno)
     return func, {kw.arg: _value(kw.value, names, where, key) for kw in call.keywords}
 
 

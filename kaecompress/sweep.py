@@ -43,23 +43,29 @@ class SweepReport:
     diverged: list[str] = field(default_factory=list)
 
 
-def check_runs(selected: list[RunConfig]) -> None:
-    """Build every distinct model and optimizer once, so config mistakes stop the sweep before it starts."""
+def check_runs(selected: list[RunConfig], device: str | None = None) -> None:
+    """What can reject a config, checked in a moment: every distinct model and optimizer is built once (on
+    the meta device), every device resolved, every folder dataset looked for."""
     import torch
 
-    from kaecompress.train import build_model, build_optimizer
+    from kaecompress.train import build_model, build_optimizer, resolve_device
 
     seen = set()
     for cfg in selected:
-        key = repr((cfg.model, cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay))
-        if key not in seen:
-            seen.add(key)
-            try:
-                with torch.device("meta"):
-                    model = build_model(cfg)
-                build_optimizer(cfg, model.parameters())
-            except KaecError as e:
-                raise KaecError(f"{cfg.source or cfg.experiment_name}: {e}") from None
+        key = repr((cfg.model, cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay, cfg.train.device,
+                    cfg.data.dataset))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            with torch.device("meta"):
+                model = build_model(cfg)
+            build_optimizer(cfg, model.parameters())
+            resolve_device(device or cfg.train.device, "--device" if device else "train.device")
+            if cfg.data.dataset.startswith("folder:") and not Path(cfg.data.dataset[7:]).expanduser().is_dir():
+                raise KaecError(f"data.dataset: folder {cfg.data.dataset[7:]} does not exist")
+        except KaecError as e:
+            raise KaecError(f"{cfg.source or cfg.experiment_name}: {e}") from None
 
 
 def run_sweep(selected: list[RunConfig], runs_root: str | Path, *, reset: bool = False,
@@ -67,37 +73,45 @@ def run_sweep(selected: list[RunConfig], runs_root: str | Path, *, reset: bool =
               on_run: Callable[[int, RunConfig, str], object] | None = None) -> SweepReport:
     """Train the selected runs in order. `on_run(index, cfg, status)` is called before each run and may
     return a train.Progress for it. A run that raises is recorded as failed and the sweep goes on;
-    KeyboardInterrupt stops the sweep (the interrupted run keeps its checkpoint)."""
+    KeyboardInterrupt stops the sweep (the interrupted run keeps its checkpoint). Everything that can
+    reject the sweep (configs, devices, data, runs trained with other settings) is checked before any run
+    folder is touched, `reset` included."""
     from kaecompress.data import load_images
     from kaecompress.train import train_run
 
-    check_runs(selected)
-    report = SweepReport()
+    check_runs(selected, device)
+    dirs = [run_dir(runs_root, cfg) for cfg in selected]
+    statuses = ["pending" if reset else _checked_status(d, cfg) for d, cfg in zip(dirs, selected)]
     images: dict[tuple, object] = {}
-
-    def cached(cfg: RunConfig, train: bool):
+    for cfg, status in zip(selected, statuses):
+        if status in runs.DONE_STATES:
+            continue
         root = data_root or cfg.data.root
-        key = (cfg.data.dataset, str(root), tuple(cfg.model.shape), train)
-        if key not in images:
-            images[key] = load_images(cfg.data.dataset, train, root, cfg.model.shape)
-        return images[key]
+        for train in (True, False):
+            key = (cfg.data.dataset, str(root), tuple(cfg.model.shape), train)
+            if key not in images:
+                try:
+                    images[key] = load_images(cfg.data.dataset, train, root, cfg.model.shape)
+                except KaecError as e:
+                    raise KaecError(f"{cfg.source or cfg.experiment_name}: {e}") from None
+    if reset:
+        for d in dirs:
+            if d.exists():
+                shutil.rmtree(d)
 
-    for i, cfg in enumerate(selected):
-        directory = run_dir(runs_root, cfg)
-        if reset and directory.exists():
-            shutil.rmtree(directory)
-        status = runs.run_status(directory)
+    report = SweepReport()
+    for i, (cfg, directory, status) in enumerate(zip(selected, dirs, statuses)):
         if status in runs.DONE_STATES:
             if on_run:
                 on_run(i, cfg, status)
             report.skipped.append(cfg.matrix_slug)
             report.summaries.append(runs.read_json(directory / runs.SUMMARY))
             continue
-        train_images, val_images = cached(cfg, True), cached(cfg, False)
+        key = (cfg.data.dataset, str(data_root or cfg.data.root), tuple(cfg.model.shape))
         progress = on_run(i, cfg, status) if on_run else None
         try:
             summary = train_run(cfg, directory, data_root=data_root, device=device, progress=progress,
-                                train_images=train_images, val_images=val_images)
+                                train_images=images[(*key, True)], val_images=images[(*key, False)])
         except (KeyboardInterrupt, KaecError):
             raise
         except Exception as e:  # a crash in one run must not end the sweep
@@ -113,3 +127,17 @@ def run_sweep(selected: list[RunConfig], runs_root: str | Path, *, reset: bool =
         elif summary["status"] == "diverged":
             report.diverged.append(cfg.matrix_slug)
     return report
+
+
+def _checked_status(directory: Path, cfg: RunConfig) -> str:
+    """The run's status, refusing one finished or interrupted with other settings than `cfg` has now."""
+    from kaecompress.train import load_checkpoint
+
+    recipe = cfg.recipe()
+    status = runs.run_status(directory, recipe)
+    saved = (runs.read_json(directory / runs.SUMMARY) if status == "stale"
+             else load_checkpoint(directory / runs.CHECKPOINT) if status == "interrupted" else None)
+    changes = runs.changed_settings(saved, recipe) if isinstance(saved, dict) else []
+    if changes:
+        raise KaecError(runs.stale_message(directory, changes))
+    return status

@@ -77,11 +77,11 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float | None = No
         raise KaecError(f"train: {match} refuses these settings ({e})") from None
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, where: str = "train.device") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise KaecError(f"train.device: {name} requested but no CUDA device is available")
+        raise KaecError(f"{where}: {name} requested but no CUDA device is available")
     return torch.device(name)
 
 
@@ -137,7 +137,11 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, data_root: str | Path | No
     """
     run_dir = Path(run_dir)
     progress = progress or _Silent()
-    if runs.run_status(run_dir) in runs.DONE_STATES:
+    status = runs.run_status(run_dir, cfg.recipe())
+    if status == "stale":
+        raise KaecError(runs.stale_message(run_dir, runs.changed_settings(runs.read_json(run_dir / runs.SUMMARY),
+                                                                          cfg.recipe())))
+    if status in runs.DONE_STATES:
         return runs.read_json(run_dir / runs.SUMMARY)
 
     # Everything that can reject the input happens before the run directory is touched.
@@ -183,6 +187,7 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, data_root: str | Path | No
         "matrix_id": cfg.matrix_id,
         "matrix_slug": cfg.matrix_slug,
         "matrix": cfg.matrix,
+        "recipe": cfg.recipe(),
         "inputs": state.inputs,
         "max_inputs": cfg.train.max_inputs,
         "final_val_loss": None if math.isnan(state.last_val) else state.last_val,
@@ -325,7 +330,11 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise KaecError(f"{path}: unreadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        text = str(e)
+        # torch's own message here advises weights_only=False, which would run code from the file: not ours
+        reason = ("it is not a plain-tensor PyTorch file, and nothing else is ever unpickled"
+                  if "weights_only" in text else f"{type(e).__name__}: {text.splitlines()[0] if text else ''}")
+        raise KaecError(f"{path}: not a readable kaecompress checkpoint ({reason})") from None
 
 
 def _load_checkpoint(path: Path, model, optimizer, cfg: RunConfig) -> _State:
@@ -333,8 +342,9 @@ def _load_checkpoint(path: Path, model, optimizer, cfg: RunConfig) -> _State:
     if ckpt.get("version") != CHECKPOINT_VERSION:
         raise KaecError(f"{path}: checkpoint format {ckpt.get('version')!r}, expected {CHECKPOINT_VERSION}; "
                         "use --reset to start over")
-    if ckpt.get("config", {}).get("model") != cfg.to_dict()["model"]:
-        raise KaecError(f"{path}: checkpoint was trained with another model config; use --reset to start over")
+    changes = runs.changed_settings(ckpt, cfg.recipe())
+    if changes:
+        raise KaecError(runs.stale_message(path.parent, changes))
     try:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])

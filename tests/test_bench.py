@@ -40,14 +40,20 @@ def test_cpu_benchmark_end_to_end(env, tmp_path, mnist_root):
     assert q["kae_uint8_psnr_db"] <= q["psnr_db"] + 0.5
     assert {b["codec"] for b in result["pillow"]} == {"jpeg", "webp", "png"}
     png = next(b for b in result["pillow"] if b["codec"] == "png")
-    assert png["psnr_db"] == float("inf")  # lossless
+    assert png["lossless"] and png["psnr_db"] is None  # strict JSON: the infinite PSNR is null
+    assert not any(b["lossless"] for b in result["pillow"] if b["codec"] != "png")
+    json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
     env_info = result["environment"]
     assert env_info["cores"] >= 1 and env_info["ort_intra_op_threads"] == 1 and env_info["onnxruntime"]
 
 
-def test_bad_batch_sizes(env):
+def test_bad_batch_sizes_and_json_paths_are_refused_before_measuring(env, tmp_path):
     r = kaec("bench", "--batch-sizes", "1,x", env=env)
     assert r.returncode == 2 and "--batch-sizes" in r.stderr
+    r = kaec("bench", "--json", tmp_path, env=env)
+    assert r.returncode == 2 and "is a folder" in r.stderr
+    r = kaec("bench", "--json", tmp_path / "no" / "b.json", env=env)
+    assert r.returncode == 2 and "does not exist" in r.stderr
 
 
 @pytest.fixture

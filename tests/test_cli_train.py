@@ -63,3 +63,15 @@ def test_missing_dataset_is_exit_2(tmp_path):
 def test_missing_config_file(tmp_path):
     r = kaec("train", "-c", tmp_path / "nope.yml")
     assert r.returncode == 2 and "nope.yml" in r.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train"], "error: Missing option '--config' / '-c'. (see: kaec train --help)"),
+    (["frobnicate"], "error: No such command 'frobnicate'. (see: kaec --help)"),
+    (["encode", "examples/mnist-7.png", "-o", "z.kae", "--batch-size", "0"], "error: Invalid value for '--batch-size'"),
+    (["encode", "examples/mnist-7.png", "-o", "/proc/z.kae"], "error: /proc/z.kae: "),  # an OSError, one line
+])
+def test_usage_and_os_errors_are_one_line_exit_2(args, message):
+    r = kaec(*args)
+    assert r.returncode == 2 and r.stderr.startswith(message), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr

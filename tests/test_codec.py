@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,3 +184,26 @@ def test_headers_that_do_not_describe_an_image_are_refused(env, mnist_val, tmp_p
             read(tmp_path / name, 8, (28, 28))
     r = kaec("decode", tmp_path / "zip.npz", "-o", tmp_path / "o.png", "-m", "tiny-a", env=env)
     assert r.returncode == 2 and "Traceback" not in r.stderr and not (tmp_path / "o.png").exists()
+
+
+def test_a_header_claiming_a_huge_image_is_refused_before_decoding(env, mnist_val, tmp_path):
+    codec = Codec(load_model("tiny-a"))
+    enc = codec.compress(digit(mnist_val), fit="resize")
+    enc.width = enc.height = 60000  # 59 bytes that would decode to a 3.6-gigapixel image
+    (tmp_path / "big.kae").write_bytes(to_kae(enc))
+    assert from_kae((tmp_path / "big.kae").read_bytes(), "big")[0].width == 60000  # the CRC is valid
+    r = kaec("decode", tmp_path / "big.kae", "-o", tmp_path / "big.png", "-m", "tiny-a", env=env)
+    assert r.returncode == 2 and "image size 60000x60000 is over the 178,956,970-pixel limit" in r.stderr
+    assert not (tmp_path / "big.png").exists()
+
+
+def test_a_file_from_a_model_that_is_not_shipped_says_to_pass_it(env, mnist_val, tmp_path):
+    digit(mnist_val).save(tmp_path / "d.png")
+    assert kaec("encode", tmp_path / "d.png", "-o", tmp_path / "z.kae", "-m", "tiny-a", env=env).returncode == 0
+    other = tmp_path / "trained"  # a trained/ folder without tiny-a
+    other.mkdir()
+    for suffix in (".json", ".safetensors"):  # only the default model
+        (other / f"mnist-kae-dec3{suffix}").write_bytes((Path("trained") / f"mnist-kae-dec3{suffix}").read_bytes())
+    r = kaec("decode", tmp_path / "z.kae", "-o", tmp_path / "o.png", env={**env, "KAEC_TRAINED": str(other)})
+    assert r.returncode == 2 and "encoded with another model" in r.stderr
+    assert "pass --model with the run folder or checkpoint that encoded it" in r.stderr

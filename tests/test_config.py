@@ -106,3 +106,15 @@ def test_run_folders_never_collide_or_escape():
     data["matrix"] = {"../up": ["Adam"]}
     with pytest.raises(KaecError, match=r"matrix key '../up': use letters"):
         expand(data, "x.yml")
+
+
+def test_a_key_given_twice_is_refused_not_silently_overwritten(tmp_path):
+    text = open("experiments/quickstart.yml").read()
+    dup = tmp_path / "dup.yml"
+    dup.write_text(text.replace("train:\n", "train:\n  lr: 5\n", 1))
+    with pytest.raises(KaecError, match=r"dup.yml: line \d+ invalid YAML \(key 'lr' given twice\)"):
+        load_experiment(dup)
+    binary = tmp_path / "bin.yml"
+    binary.write_bytes(bytes(range(256)))
+    with pytest.raises(KaecError, match="bin.yml: not a text file"):
+        load_experiment(binary)

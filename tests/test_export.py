@@ -139,6 +139,13 @@ def test_verify_only_rechecks_and_catches_a_changed_file(exported, mnist_root, t
     assert r.returncode == 2 and "decoder.pt2: sha256 differs" in r.stderr
 
 
+def test_verify_only_against_another_model_says_so(exported, mnist_root, env):
+    out, _, _ = exported
+    r = kaec("export", "tiny-a", "--verify-only", out, "--data-root", mnist_root, env=env)
+    assert r.returncode == 2 and f"{out}: exported from another model (weights id" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
 def test_a_failed_verification_leaves_nothing(trained, mnist_val, tmp_path, monkeypatch):
     import kaecompress.exporters as exporters
 
@@ -191,7 +198,10 @@ def test_force_replaces_only_an_earlier_export(trained, mnist_val, tmp_path, mon
     precious = tmp_path / "notes"
     precious.mkdir()
     (precious / "keep.txt").write_text("mine")
-    with pytest.raises(KaecError, match="--force replaces only an earlier export folder"):
+    with pytest.raises(KaecError, match="--force replaces only a folder holding an earlier export"):
+        export(model, precious, ("pt2",), images=mnist_val[:40], force=True)
+    (precious / MANIFEST).write_text('{"name": "a web app"}')  # someone else's manifest.json
+    with pytest.raises(KaecError, match="--force replaces only"):
         export(model, precious, ("pt2",), images=mnist_val[:40], force=True)
     assert (precious / "keep.txt").read_text() == "mine"
     monkeypatch.chdir(tmp_path)
@@ -201,3 +211,7 @@ def test_force_replaces_only_an_earlier_export(trained, mnist_val, tmp_path, mon
     export(model, tmp_path / "out", ("torchscript",), images=mnist_val[:40], force=True)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["decoder.pt", "encoder.pt", MANIFEST]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes", "out"]
+    (tmp_path / "out" / "README.txt").write_text("added by hand")  # an export with a user's file in it
+    with pytest.raises(KaecError, match="--force replaces only"):
+        export(model, tmp_path / "out", ("pt2",), images=mnist_val[:40], force=True)
+    assert (tmp_path / "out" / "README.txt").is_file()

@@ -39,6 +39,7 @@ def variant(tmp_path, old, new):
     ("feature_loss_weight: 0", "feature_loss_weight: 0.5", r"feature_loss_weight: only 0"),
     ("trainer: AutoencoderTrainer", "trainer: AutoencoderTrainer\nwarmup: 3", r"study.yml:\d+: unknown key 'warmup'"),
     ("kernel_size=${ks},", "kernel_size=${ks}, dropout=0.1,", r"unknown CNNKAE argument 'dropout'"),
+    ("kernel_size=${ks},", "kernel_size=${ks}, kernel_size=3,", r"study.yml:\d+: model: keyword 'kernel_size' given twice"),
 ])
 def test_anything_but_the_whitelisted_forms_is_refused_with_file_and_line(tmp_path, old, new, message):
     with pytest.raises(KaecError, match=message):

@@ -197,6 +197,40 @@ def test_reset_starts_over(grid, tmp_path, mnist_root):
     assert summary.stat().st_mtime_ns != before
 
 
+def test_runs_trained_with_other_settings_are_stale_and_nothing_is_touched(grid, tmp_path, mnist_root):
+    cfg, root = grid
+    changed = tmp_path / "grid.yml"  # same experiment and run folders, another learning rate
+    changed.write_text(cfg.read_text().replace("lr: 1.0e-3", "lr: 2.0e-3"))
+    stamps = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+    r = kaec("train", "-c", changed, "--runs-dir", root, "--dry-run", "--json")
+    assert r.returncode == 0 and {x["status"] for x in json.loads(r.stdout)} == {"stale"}
+    r = kaec("train", "-c", changed, "--runs-dir", root, "--data-root", mnist_root)
+    assert r.returncode == 2 and "trained with other settings (train.lr); use --reset" in r.stderr
+    table = results_table(load_experiment(changed), root)
+    assert {row["status"] for row in table.rows} == {"stale"} and all(row.get(LOSS) is None for row in table.rows)
+    # --reset with data that cannot be had fails before any folder is deleted
+    (tmp_path / "a-file").write_text("not a folder")
+    r = kaec("train", "-c", changed, "--runs-dir", root, "--reset", "--data-root", tmp_path / "a-file")
+    assert r.returncode == 2 and "a-file" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()} == stamps
+
+
+def test_dry_run_rejects_what_a_real_run_would(tmp_path):
+    cfg = tmp_path / "g.yml"
+    cfg.write_text(GRID.replace("optimizer: Adam", "optimizer: Adamm"))
+    r = kaec("train", "-c", cfg, "--runs-dir", tmp_path / "runs", "--dry-run")
+    assert r.returncode == 2 and "unknown optimizer 'Adamm'" in r.stderr
+    cfg.write_text(GRID.replace("dataset: mnist", f"dataset: folder:{tmp_path / 'nowhere'}"))
+    r = kaec("train", "-c", cfg, "--runs-dir", tmp_path / "runs", "--dry-run")
+    assert r.returncode == 2 and f"{cfg}: data.dataset: folder {tmp_path / 'nowhere'} does not exist" in r.stderr
+
+
+def test_results_for_a_runs_folder_that_is_not_there(grid, tmp_path):
+    cfg, _ = grid
+    r = kaec("results", "-c", cfg, "--runs-dir", tmp_path / "typo")
+    assert r.returncode == 2 and "no runs of" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_loss_curves_and_reconstruction_grid(grid, tmp_path, mnist_root):
     cfg, root = grid
     out = tmp_path / "curves.png"

@@ -117,8 +117,21 @@ def test_checkpoint_from_another_model_is_refused(tmp_path, data):
         train_run(tiny(), tmp_path / "run", progress=StopAt(64), **data)
     other = tiny()
     other = dataclasses.replace(other, model=dataclasses.replace(other.model, latent_dim=4))
-    with pytest.raises(KaecError, match="trained with another model config"):
+    with pytest.raises(KaecError, match=r"trained with other settings \(model.latent_dim\); use --reset"):
         train_run(other, tmp_path / "run", **data)
+    # settings that leave the numbers alone may change between sessions
+    moved = tiny(checkpoint_every_s=5.0)
+    assert train_run(moved, tmp_path / "run", **data)["status"] == "finished"
+
+
+def test_a_finished_run_trained_with_other_settings_is_stale_not_skipped(tmp_path, data):
+    first = train_run(tiny(), tmp_path / "run", **data)
+    changed = tiny(lr=0.01, max_inputs=128)
+    assert runs.run_status(tmp_path / "run", changed.recipe()) == "stale"
+    assert runs.run_status(tmp_path / "run", tiny().recipe()) == "finished"
+    with pytest.raises(KaecError, match=r"other settings \(train.lr, train.max_inputs\)"):
+        train_run(changed, tmp_path / "run", **data)
+    assert runs.read_json(tmp_path / "run" / runs.SUMMARY) == first  # untouched
 
 
 class CtrlCAt(StopAt):
