@@ -84,6 +84,8 @@ def main() -> None:
     except typer.TyperException as e:  # usage mistakes: one line, not the boxed panel
         where = getattr(e, "ctx", None)
         message = e.format_message() if hasattr(e, "format_message") else str(e)
+        if not message:  # `kaec` alone: the help was the answer
+            sys.exit(getattr(e, "exit_code", 2))
         fail(message + (f" (see: {where.command_path} --help)" if where else ""))
     except Interrupted as e:
         fail(f"interrupted: {e}", 130)

@@ -221,7 +221,8 @@ def run_bench(loaded, *, provider: str = "cpu", batch_sizes: Sequence[int] = (1,
 
             t = measure(round_trip, 32, min_seconds=min_seconds, min_calls=3)
             baselines.append({"codec": fmt.lower(), "settings": params, "bytes_per_image": mean_bytes,
-                              "psnr_db": mean_psnr, "lossless": math.isinf(mean_psnr), "encode_decode_images_per_s": t.images_per_s})
+                              "psnr_db": mean_psnr, "lossless": math.isinf(mean_psnr),
+                              "encode_decode_images_per_s": t.images_per_s})
     return {"model": loaded.name, "weights_sha256": loaded.weights_sha256, "provider": provider,
             "provider_used": used, "device": str(device), "images": len(x), "batch_sizes": list(batch_sizes),
             "raw_bytes_per_image": raw_bytes, "environment": environment(threads), "inference": rows,

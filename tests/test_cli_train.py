@@ -15,6 +15,8 @@ def test_help_is_instant_because_torch_is_not_imported():
         assert r.returncode == 0 and "Usage" in r.stdout
     r = kaec("--version")
     assert r.returncode == 0 and r.stdout.startswith("kaecompress ")
+    r = kaec()  # no command: the help, and no error line
+    assert "Usage" in r.stdout and r.stderr == ""
 
 
 def test_train_end_to_end_and_rerun_skips(tmp_path, mnist_root):
