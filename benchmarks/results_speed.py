@@ -58,8 +58,12 @@ def main() -> None:
         for r in exp.runs[1:]:
             target = run_dir(root, r)
             shutil.copytree(source, target)
-            runs.atomic_write_json(target / runs.SUMMARY, {**summary, "matrix_id": r.matrix_id,
+            runs.atomic_write_json(target / runs.SUMMARY, {**summary, "matrix_id": r.matrix_id, "recipe": r.recipe(),
                                                           "matrix_slug": r.matrix_slug, "matrix": r.matrix})
+        from kaecompress.results import results_table
+
+        statuses = {row["status"] for row in results_table(exp, root).rows}
+        assert statuses == {"finished"}, f"the copied runs must all read as finished, got {statuses}"
         loss = "validation loss (320 steps)"
         command = ["results", "--config", str(cfg), "--runs-dir", str(root), "-ec", "matrix_id", "matrix_slug",
                    "compression-ratio", "-sc", f"{loss}-", "-ac", "trial", "-acs", loss]

@@ -39,13 +39,14 @@ def train(
     if device:
         check_device(device, "--device")
     if dry_run:
-        from kaecompress.runs import run_status
-        from kaecompress.sweep import check_runs
+        from kaecompress.runs import DONE_STATES
+        from kaecompress.sweep import check_runs, run_state
 
-        check_runs(selected, device)  # a dry run rejects what a real one would reject at once
-        rows = [{"matrix_id": r.matrix_id, "matrix_slug": r.matrix_slug,
-                 "status": run_status(run_dir(runs_dir, r), r.recipe()), "dir": str(run_dir(runs_dir, r))}
-                for r in selected]
+        states = [run_state(run_dir(runs_dir, r), r)[0] for r in selected]
+        # a dry run rejects what a real one would reject at once
+        check_runs([r for r, s in zip(selected, states) if s not in (*DONE_STATES, "stale")], device)
+        rows = [{"matrix_id": r.matrix_id, "matrix_slug": r.matrix_slug, "status": s,
+                 "dir": str(run_dir(runs_dir, r))} for r, s in zip(selected, states)]
         if as_json:
             print(json.dumps(rows, indent=2))
         else:
@@ -61,7 +62,7 @@ def train(
                                on_run=progress.on_run)
         except KeyboardInterrupt:
             progress.stop()
-            raise Interrupted("the current run saved a checkpoint; run the same command again to resume") from None
+            raise Interrupted("a run cut short keeps its checkpoint; run the same command again to resume") from None
     if as_json:
         print(json.dumps(report.summaries, indent=2))
     else:
@@ -111,10 +112,12 @@ def results(
 
     if fmt not in FORMATS:
         raise KaecError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    from kaecompress.sweep import run_dir
+
     exp = load_experiment(config)
-    if not (runs_dir / exp.name).is_dir():  # more likely a mistyped --runs-dir than a table of 'pending'
-        raise KaecError(f"{runs_dir / exp.name}: no runs of {config} there yet (train them with kaec train "
-                        f"-c {config}, or pass the --runs-dir they were trained in)")
+    if not any(run_dir(runs_dir, r).parent.is_dir() for r in exp.runs):  # likelier a mistyped --runs-dir
+        raise KaecError(f"{runs_dir}: no runs of {config} there yet (train them with kaec train -c {config}, "
+                        "or pass the --runs-dir they were trained in)")
     table = results_table(exp, runs_dir, exclude_columns=exclude or [],
                           sort_columns=sort or [], aggregate_column=aggregate,
                           aggregate_stats=aggregate_stats or [], hide_constant_columns=hide_constant)
@@ -144,7 +147,7 @@ def plot(
         from kaecompress.runs import run_status
         from kaecompress.zoo import load_run
 
-        done = [r for r in selected if run_status(run_dir(runs_dir, r)) == "finished"][:8]
+        done = [r for r in selected if run_status(run_dir(runs_dir, r), r.recipe()) == "finished"][:8]
         if not done:
             raise KaecError(f"{config}: no finished run among the selected ones; train them first")
         first = done[0]

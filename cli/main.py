@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import sys
 
@@ -92,8 +91,6 @@ def main() -> None:
     except typer.Abort:
         fail("aborted", 1)
     except OSError as e:  # unwritable output, full disk, ...: the path and the reason
-        if e.errno == errno.EPIPE:  # `kaec results | head`
-            sys.exit(0)
         fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
     if code == 130:  # Ctrl-C: finished outputs stay, none is half-written (all writes are atomic)
         fail("interrupted", 130)

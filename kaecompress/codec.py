@@ -13,6 +13,7 @@ when a palette has transparency), I, I;16 and F become L; those decode in the mo
 from __future__ import annotations
 
 import math
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -108,11 +109,11 @@ def export_cache(loaded: LoadedModel, data_root=None, formats: tuple[str, ...] =
     folder = base / loaded.weights_sha256[:16]
     have: set[str] = set()
     try:
-        manifest = check_files(folder)  # a damaged cached file means exporting again
+        manifest = check_files(folder)
         if manifest.get("weights_sha256") == loaded.weights_sha256:
             have = {info["format"] for info in manifest["files"].values()}
-    except KaecError:
-        pass
+    except KaecError:  # damaged: the cache is ours to clear, then it is exported again
+        shutil.rmtree(folder, ignore_errors=True)
     if set(formats) <= have:
         return folder
     from kaecompress.data import load_images

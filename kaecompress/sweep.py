@@ -79,13 +79,12 @@ def run_sweep(selected: list[RunConfig], runs_root: str | Path, *, reset: bool =
     from kaecompress.data import load_images
     from kaecompress.train import train_run
 
-    check_runs(selected, device)
     dirs = [run_dir(runs_root, cfg) for cfg in selected]
     statuses = ["pending" if reset else _checked_status(d, cfg) for d, cfg in zip(dirs, selected)]
+    todo = [cfg for cfg, status in zip(selected, statuses) if status not in runs.DONE_STATES]
+    check_runs(todo, device)  # finished runs need neither their device nor their data here
     images: dict[tuple, object] = {}
-    for cfg, status in zip(selected, statuses):
-        if status in runs.DONE_STATES:
-            continue
+    for cfg in todo:
         root = data_root or cfg.data.root
         for train in (True, False):
             key = (cfg.data.dataset, str(root), tuple(cfg.model.shape), train)
@@ -129,15 +128,26 @@ def run_sweep(selected: list[RunConfig], runs_root: str | Path, *, reset: bool =
     return report
 
 
-def _checked_status(directory: Path, cfg: RunConfig) -> str:
-    """The run's status, refusing one finished or interrupted with other settings than `cfg` has now."""
+def run_state(directory: Path, cfg: RunConfig) -> tuple[str, list[str]]:
+    """The run's status and the settings it was trained with that `cfg` has changed since: a finished run
+    by its summary, one with a checkpoint to resume (interrupted, failed) by the checkpoint. Any change
+    makes it `stale`."""
     from kaecompress.train import load_checkpoint
 
     recipe = cfg.recipe()
     status = runs.run_status(directory, recipe)
-    saved = (runs.read_json(directory / runs.SUMMARY) if status == "stale"
-             else load_checkpoint(directory / runs.CHECKPOINT) if status == "interrupted" else None)
+    if status == "stale":
+        saved = runs.read_json(directory / runs.SUMMARY)
+    elif status in ("interrupted", "failed") and (directory / runs.CHECKPOINT).is_file():
+        saved = load_checkpoint(directory / runs.CHECKPOINT)
+    else:
+        saved = None
     changes = runs.changed_settings(saved, recipe) if isinstance(saved, dict) else []
+    return ("stale" if changes else status), changes
+
+
+def _checked_status(directory: Path, cfg: RunConfig) -> str:
+    status, changes = run_state(directory, cfg)
     if changes:
         raise KaecError(runs.stale_message(directory, changes))
     return status

@@ -207,3 +207,17 @@ def test_a_file_from_a_model_that_is_not_shipped_says_to_pass_it(env, mnist_val,
     r = kaec("decode", tmp_path / "z.kae", "-o", tmp_path / "o.png", env={**env, "KAEC_TRAINED": str(other)})
     assert r.returncode == 2 and "encoded with another model" in r.stderr
     assert "pass --model with the run folder or checkpoint that encoded it" in r.stderr
+
+
+def test_a_damaged_export_cache_is_rebuilt(env, mnist_val, mnist_root, tmp_path):
+    digit(mnist_val).save(tmp_path / "d.png")
+    env = {**env, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    args = ("encode", tmp_path / "d.png", "-o", tmp_path / "z.npy", "-m", "tiny-a", "--backend", "onnx",
+            "--data-root", mnist_root)
+    assert kaec(*args, env=env).returncode == 0
+    (manifest,) = (tmp_path / "cache").rglob("manifest.json")
+    first = np.load(tmp_path / "z.npy")
+    manifest.write_text(manifest.read_text()[:50])  # truncated
+    r = kaec(*args, env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(manifest.read_text())["files"] and np.array_equal(np.load(tmp_path / "z.npy"), first)

@@ -118,3 +118,10 @@ def test_a_key_given_twice_is_refused_not_silently_overwritten(tmp_path):
     binary.write_bytes(bytes(range(256)))
     with pytest.raises(KaecError, match="bin.yml: not a text file"):
         load_experiment(binary)
+
+
+def test_yaml_merge_keys_still_work(tmp_path):
+    cfg = tmp_path / "merge.yml"
+    cfg.write_text(TINY.replace("  batch_size: 32\n", "  <<: {batch_size: 16, lr: 5.0}\n"))
+    run = load_experiment(cfg).runs[0]
+    assert run.train.batch_size == 16 and run.train.lr == 1.0e-3  # merged, and the explicit key wins

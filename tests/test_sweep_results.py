@@ -229,6 +229,20 @@ def test_results_for_a_runs_folder_that_is_not_there(grid, tmp_path):
     cfg, _ = grid
     r = kaec("results", "-c", cfg, "--runs-dir", tmp_path / "typo")
     assert r.returncode == 2 and "no runs of" in r.stderr and "Traceback" not in r.stderr
+    named = tmp_path / "named.yml"  # run folders named from a matrix value
+    named.write_text(GRID.replace("experiment_name: grid", "experiment_name: grid-${deckae}"))
+    (tmp_path / "runs" / "grid-2").mkdir(parents=True)
+    r = kaec("results", "-c", named, "--runs-dir", tmp_path / "runs", "-f", "json")
+    assert r.returncode == 0 and {row["status"] for row in json.loads(r.stdout)} == {"pending"}
+
+
+def test_finished_runs_need_neither_their_device_nor_their_data_here(grid, tmp_path):
+    cfg, root = grid
+    moved = tmp_path / "grid.yml"  # as if trained on a GPU box with a folder dataset, copied here
+    moved.write_text(cfg.read_text().replace("  lr: 1.0e-3", "  lr: 1.0e-3\n  device: cuda:7"))
+    for args in (["--dry-run"], []):
+        r = kaec("train", "-c", moved, "--runs-dir", root, *args)
+        assert r.returncode == 0, r.stderr
 
 
 def test_loss_curves_and_reconstruction_grid(grid, tmp_path, mnist_root):

@@ -163,3 +163,13 @@ def test_optimizer_settings_it_refuses_are_a_clear_error(tmp_path, data):
     with pytest.raises(KaecError, match="refuses these settings"):
         train_run(tiny(weight_decay=-0.1), tmp_path / "run", **data)
     assert not (tmp_path / "run").exists()
+
+
+def test_an_interrupted_run_under_other_settings_is_stale_before_anything_trains(tmp_path, data):
+    from kaecompress.sweep import run_state
+
+    with pytest.raises(KeyboardInterrupt):
+        train_run(tiny(), tmp_path / "run", progress=StopAt(64), **data)
+    assert run_state(tmp_path / "run", tiny()) == ("interrupted", [])
+    assert run_state(tmp_path / "run", tiny(lr=0.5)) == ("stale", ["train.lr"])
+    assert run_state(tmp_path / "run", tiny(device="cpu", log_every=7)) == ("interrupted", [])
