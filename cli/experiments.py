@@ -38,15 +38,12 @@ def train(
     selected = select(exp, only)
     if device:
         check_device(device, "--device")
-    if dry_run:
-        from kaecompress.runs import DONE_STATES
-        from kaecompress.sweep import check_runs, run_state
+    if dry_run:  # rejects what a real run would reject at once
+        from kaecompress.sweep import plan
 
-        states = [run_state(run_dir(runs_dir, r), r)[0] for r in selected]
-        # a dry run rejects what a real one would reject at once
-        check_runs([r for r, s in zip(selected, states) if s not in (*DONE_STATES, "stale")], device)
-        rows = [{"matrix_id": r.matrix_id, "matrix_slug": r.matrix_slug, "status": s,
-                 "dir": str(run_dir(runs_dir, r))} for r, s in zip(selected, states)]
+        states = plan(selected, runs_dir, device)
+        rows = [{"matrix_id": r.matrix_id, "matrix_slug": r.matrix_slug, "status": status,
+                 "dir": str(run_dir(runs_dir, r))} for r, (status, _) in zip(selected, states)]
         if as_json:
             print(json.dumps(rows, indent=2))
         else:

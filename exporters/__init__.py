@@ -127,8 +127,11 @@ def export(model: CNNKAE, out_dir: str | Path, formats: Iterable[str] = FORMATS,
 
 def _only_an_export(folder: Path) -> bool:
     """True when `folder` holds an export's files and nothing else: all that --force may delete."""
-    manifest = read_json(folder / MANIFEST)
-    if not (isinstance(manifest, dict) and manifest.get("format_version") and isinstance(manifest.get("files"), dict)):
+    try:
+        manifest = read_manifest(folder)
+    except KaecError:
+        return False
+    if not (manifest.get("format_version") and isinstance(manifest["files"], dict)):
         return False
     listed = {*manifest["files"], MANIFEST}
     return all(p.name in listed and p.is_file() and not p.is_symlink() for p in folder.iterdir())

@@ -80,17 +80,24 @@ def run_sweep(selected: list[RunConfig], runs_root: str | Path, *, reset: bool =
     from kaecompress.train import train_run
 
     dirs = [run_dir(runs_root, cfg) for cfg in selected]
-    statuses = ["pending" if reset else _checked_status(d, cfg) for d, cfg in zip(dirs, selected)]
-    todo = [cfg for cfg, status in zip(selected, statuses) if status not in runs.DONE_STATES]
-    check_runs(todo, device)  # finished runs need neither their device nor their data here
-    images: dict[tuple, object] = {}
-    for cfg in todo:
-        root = data_root or cfg.data.root
+    states = plan(selected, runs_root, device, reset=reset)
+    for directory, (_, changes) in zip(dirs, states):
+        if changes:
+            raise KaecError(runs.stale_message(directory, changes))
+    statuses = [status for status, _ in states]
+
+    def data_key(cfg: RunConfig) -> tuple:
+        return cfg.data.dataset, str(data_root or cfg.data.root), tuple(cfg.model.shape)
+
+    images: dict[tuple, object] = {}  # each split loaded once, before any folder is touched
+    for cfg, status in zip(selected, statuses):
+        if status in runs.DONE_STATES:  # finished runs need neither their device nor their data here
+            continue
         for train in (True, False):
-            key = (cfg.data.dataset, str(root), tuple(cfg.model.shape), train)
+            key = (*data_key(cfg), train)
             if key not in images:
                 try:
-                    images[key] = load_images(cfg.data.dataset, train, root, cfg.model.shape)
+                    images[key] = load_images(cfg.data.dataset, train, data_root or cfg.data.root, cfg.model.shape)
                 except KaecError as e:
                     raise KaecError(f"{cfg.source or cfg.experiment_name}: {e}") from None
     if reset:
@@ -106,7 +113,7 @@ def run_sweep(selected: list[RunConfig], runs_root: str | Path, *, reset: bool =
             report.skipped.append(cfg.matrix_slug)
             report.summaries.append(runs.read_json(directory / runs.SUMMARY))
             continue
-        key = (cfg.data.dataset, str(data_root or cfg.data.root), tuple(cfg.model.shape))
+        key = data_key(cfg)
         progress = on_run(i, cfg, status) if on_run else None
         try:
             summary = train_run(cfg, directory, data_root=data_root, device=device, progress=progress,
@@ -146,8 +153,11 @@ def run_state(directory: Path, cfg: RunConfig) -> tuple[str, list[str]]:
     return ("stale" if changes else status), changes
 
 
-def _checked_status(directory: Path, cfg: RunConfig) -> str:
-    status, changes = run_state(directory, cfg)
-    if changes:
-        raise KaecError(runs.stale_message(directory, changes))
-    return status
+def plan(selected: list[RunConfig], runs_root: str | Path, device: str | None = None, *,
+         reset: bool = False) -> list[tuple[str, list[str]]]:
+    """Each run's `run_state` as a sweep finds it (all `pending` when reset), after `check_runs` on the runs
+    that would train: what `kaec train --dry-run` shows and what `run_sweep` starts from."""
+    states = [("pending", []) if reset else run_state(run_dir(runs_root, cfg), cfg) for cfg in selected]
+    check_runs([cfg for cfg, (status, _) in zip(selected, states)
+                if status not in (*runs.DONE_STATES, "stale")], device)
+    return states

@@ -137,10 +137,11 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, data_root: str | Path | No
     """
     run_dir = Path(run_dir)
     progress = progress or _Silent()
-    status = runs.run_status(run_dir, cfg.recipe())
-    if status == "stale":
+    recipe = cfg.recipe()
+    status = runs.run_status(run_dir, recipe)
+    if status == "stale":  # a checkpoint trained with other settings is refused on loading it, below
         raise KaecError(runs.stale_message(run_dir, runs.changed_settings(runs.read_json(run_dir / runs.SUMMARY),
-                                                                          cfg.recipe())))
+                                                                          recipe)))
     if status in runs.DONE_STATES:
         return runs.read_json(run_dir / runs.SUMMARY)
 
