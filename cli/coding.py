@@ -11,12 +11,14 @@ import typer
 from kaecompress.errors import KaecError
 
 MODEL = typer.Option(None, "--model", "-m", help="Trained model name (see `kaec models`), run folder or "
-                     "checkpoint. Default: mnist-kae-dec3 (decode: the model the file names).")
+                     "checkpoint. Default: the MNIST codec family's default (decode: the model the file names).")
 BACKEND = typer.Option("torch", "--backend", help="torch (PyTorch) or onnx (the exported ONNX files in "
                        "onnxruntime, exported and verified on first use).")
 BATCH = typer.Option(256, "--batch-size", min=1, help="Tiles per network call.")
 DATA_ROOT = typer.Option(None, "--data-root", help="Dataset root (for verifying an ONNX export).")
 JSON = typer.Option(False, "--json", help="Print what was written as JSON.")
+MAX_PIXELS = typer.Option(40_000_000, "--max-pixels", min=1, help="Refuse images (and files claiming images) "
+                          "over this many pixels, before reading their pixels.")
 
 def _inputs(paths: List[Path], suffixes: tuple[str, ...]) -> list[Path]:
     found = []
@@ -66,13 +68,18 @@ def encode(
     backend: str = BACKEND,
     batch_size: int = BATCH,
     data_root: Optional[Path] = DATA_ROOT,
+    max_pixels: int = MAX_PIXELS,
+    quality: Optional[int] = typer.Option(None, "--quality", "-q", min=1, help="Quality level of the codec "
+                                          "family for --dataset (1 = smallest files; see `kaec models`)."),
+    dataset: str = typer.Option("mnist", "--dataset", help="Which codec family --quality (and the default "
+                                "model) picks from: mnist or fashion-mnist."),
     as_json: bool = JSON,
 ) -> None:
-    """Compress images to latents."""
+    """Compress images to latents. A sample of each image's tiles is decoded again, and an image that
+    reconstructs far worse than the model's own test images gets a one-line warning."""
     from kaecompress.codec import Codec, open_image
-    from kaecompress.containers import QUANTS, SUFFIXES, write
+    from kaecompress.containers import QUANTS, SUFFIXES, serialize
     from kaecompress.data import IMAGE_SUFFIXES
-    from kaecompress.zoo import load_model
 
     if quant not in QUANTS:
         raise KaecError(f"--quant: expected one of {', '.join(QUANTS)}, got {quant!r}")
@@ -86,17 +93,66 @@ def encode(
     if fmt is not None and suffix != f".{fmt}":
         raise KaecError(f"--format {fmt}: -o {output} says {suffix}; give one or the other")
     targets = _outputs(files, output, to_folder, suffix)
-    images = [open_image(p) for p in files]  # every input is read before anything is written
-    codec = Codec(load_model(model), backend, batch_size, data_root)
-    encoded = codec.compress_many(images, fit)
+    images = [open_image(p, max_pixels) for p in files]  # every input is read before anything is written
+    from kaecompress.zoo import load_model  # torch: only once the inputs and the model's files are good
+
+    loaded = load_model(_encoding_model(model, quality, dataset))
+    _set_threads()
+    codec = Codec(loaded, backend, batch_size, data_root)
+    encoded = codec.compress_many(images, fit, check_domain=True)
+    blobs = [codec.to_kae(enc) if codec.rate_model and dst.suffix.lower() == ".kae" else serialize(enc, dst, quant)
+             for enc, dst in zip(encoded, targets)]
     if to_folder:
         output.mkdir(exist_ok=True)
+    from kaecompress.outputs import write_all
+
+    write_all(list(zip(targets, blobs)))  # all outputs land, or none
     rows = []
-    for src, dst, enc in zip(files, targets, encoded):
-        write(enc, dst, quant)
-        rows.append({"input": str(src), "output": str(dst), "bytes": dst.stat().st_size,
+    for src, dst, enc, blob in zip(files, targets, encoded, blobs):
+        rows.append({"input": str(src), "output": str(dst), "bytes": len(blob),
                      "size": [enc.width, enc.height], "mode": enc.mode, "latents": list(enc.latents.shape)})
+    _warn_outside(codec, files, rows)
     _report(rows, as_json, f"encoded with {codec.loaded.name}")
+
+
+def _set_threads() -> None:
+    """torch's default of one thread per core is far slower on a machine other processes keep busy."""
+    import torch
+
+    from kaecompress.bench import default_threads
+
+    torch.set_num_threads(default_threads())
+
+
+def _encoding_model(model: Optional[str], quality: Optional[int], dataset: str) -> str:
+    """--model as given; else the codec family's model at --quality, or the family's default."""
+    from kaecompress.zoo import codec_model
+
+    if model is not None:
+        if quality is not None:
+            raise KaecError("--quality picks a model of a codec family; give it or --model, not both")
+        return model
+    return codec_model(dataset, quality)
+
+
+def _warn_outside(codec, files: list[Path], rows: list[dict]) -> None:
+    """One line on stderr per image that reconstructs far below the model's own test figure (at most 5)."""
+    import sys
+
+    from kaecompress.codec import domain_of
+
+    outside = []
+    for src, row, check in zip(files, rows, codec.domain_checks):
+        if check is not None:
+            row["sampled_psnr_db"] = round(check.psnr_db, 2)
+            if check.outside:
+                outside.append((src, check))
+    for src, check in outside[:5]:
+        print(f"warning: {src}: {check.psnr_db:.1f} dB on {check.tiles} sampled tile{'s' if check.tiles > 1 else ''}"
+              f", far below the {check.reference_db:.1f} dB {codec.loaded.name} reaches on its test images; it "
+              f"was trained on {domain_of(codec.loaded)} and will decode this image poorly", file=sys.stderr)
+    if len(outside) > 5:
+        print(f"warning: {len(outside) - 5} more images far outside {codec.loaded.name}'s domain", file=sys.stderr)
 
 
 def decode(
@@ -106,35 +162,43 @@ def decode(
     backend: str = BACKEND,
     batch_size: int = BATCH,
     data_root: Optional[Path] = DATA_ROOT,
+    max_pixels: int = MAX_PIXELS,
     as_json: bool = JSON,
 ) -> None:
     """Decompress latents to PNG images (original size and mode)."""
     from kaecompress.codec import Codec
-    from kaecompress.containers import SUFFIXES, read
-    from kaecompress.zoo import DEFAULT_MODEL, load_model
+    from kaecompress.containers import SUFFIXES, check_claimed_size, read
 
     files = _inputs(inputs, SUFFIXES)
     to_folder = _to_folder(inputs, files, output)
     if not to_folder and output.suffix.lower() != ".png":
         raise KaecError(f"{output}: decode writes PNG files (use a .png name or a folder)")
     targets = _outputs(files, output, to_folder, ".png")
-    loaded = load_model(model or _model_of(files[0]) or DEFAULT_MODEL)
+    for p in files:  # sizes claimed by headers, before torch and the model are loaded
+        check_claimed_size(p, max_pixels)
+    from kaecompress.zoo import load_model
+
+    loaded = load_model(model or _model_of(files[0]))  # none named: the default model
+    _set_threads()
     codec = Codec(loaded, backend, batch_size, data_root)
     shape = (codec.height, codec.width)
-    encoded = [read(p, codec.latent_dim, shape, codec.channels, codec.check_model) for p in files]
+    encoded = [codec.from_kae(p.read_bytes(), str(p), max_pixels) if _is_v2(p)
+               else read(p, codec.latent_dim, shape, codec.channels, codec.check_model, max_pixels) for p in files]
     images = codec.decompress_many(encoded)
-    if to_folder:
-        output.mkdir(exist_ok=True)
     import io
 
-    from kaecompress.runs import atomic_write_bytes
+    from kaecompress.outputs import write_all
 
-    rows = []
-    for src, dst, im in zip(files, targets, images):
+    blobs = []
+    for im in images:
         buf = io.BytesIO()
         im.save(buf, format="PNG")
-        atomic_write_bytes(dst, buf.getvalue())
-        rows.append({"input": str(src), "output": str(dst), "size": list(im.size), "mode": im.mode})
+        blobs.append(buf.getvalue())
+    if to_folder:
+        output.mkdir(exist_ok=True)
+    write_all(list(zip(targets, blobs)))  # all outputs land, or none
+    rows = [{"input": str(src), "output": str(dst), "size": list(im.size), "mode": im.mode}
+            for src, dst, im in zip(files, targets, images)]
     _report(rows, as_json, f"decoded with {loaded.name}")
 
 
@@ -143,19 +207,34 @@ def _model_of(path: Path) -> str | None:
     from kaecompress.containers import from_kae
     from kaecompress.zoo import find_by_hash
 
+    if _is_v2(path):
+        from kaecompress import bitstream
+        from kaecompress.zoo import by_codec_id
+
+        header = bitstream.parse_header(path.read_bytes(), str(path))
+        return by_codec_id(header.codec_id) if header.codec_id is not None else find_by_hash(header.model_id)
     if path.suffix.lower() == ".kae":  # a damaged .kae is reported as such, before any model is loaded
         return find_by_hash(from_kae(path.read_bytes(), str(path))[0].weights_sha256)
-    import zipfile
+    if path.suffix.lower() == ".npz":
+        from kaecompress.containers import npz_weights_id
 
-    try:
-        if path.suffix.lower() == ".npz":
-            import numpy as np
-
-            with np.load(path, allow_pickle=False) as z:
-                return find_by_hash(str(z["weights_sha256"]))
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-        return None  # reading it properly later gives the precise error
+        return find_by_hash(npz_weights_id(path) or "")
     return None
+
+
+def _is_v2(path: Path) -> bool:
+    """A .kae file of version 2 (entropy-coded, from a codec model), judged by its first byte."""
+    from kaecompress import bitstream
+
+    if path.suffix.lower() != ".kae":
+        return False
+    try:
+        with open(path, "rb") as f:
+            return bitstream.version(f.read(1)) == 2
+    except KaecError:
+        return False  # the version-1 reader reports what is wrong with it
+    except OSError as e:
+        raise KaecError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
 def _report(rows: list[dict], as_json: bool, title: str) -> None:
@@ -170,21 +249,27 @@ def _report(rows: list[dict], as_json: bool, title: str) -> None:
 
 def models(as_json: bool = typer.Option(False, "--json", help="Print the model cards as JSON.")) -> None:
     """List the trained models shipped in trained/."""
-    from kaecompress.zoo import DEFAULT_MODEL, cards
+    from kaecompress.zoo import cards, check_card, default_model, trained_dir
 
     found = cards()
+    for name, card in found.items():
+        check_card(card, trained_dir() / f"{name}.json")
     if as_json:
         print(json.dumps(found, indent=2))
         return
     from kaecompress.cli.progress import out, runs_table
 
-    rows = [{"name": n + (" (default)" if n == DEFAULT_MODEL else ""), "dataset": c["dataset"],
-             "val MSE": f"{c['metrics']['mse']:.6f}", "PSNR dB": f"{c['metrics']['psnr_db']:.2f}",
+    default = default_model()
+    rows = [{"name": n + (" (default)" if n == default else ""), "dataset": c["dataset"],
+             "family": f"{c['family']} q{c['quality']}" if c.get("family") else "",
+             "bytes/image": f"{c['codec_metrics']['bytes_per_image']:.2f}" if "codec_metrics" in c else "",
+             "val MSE": f"{c['metrics']['mse']:.6f}",
+             "PSNR dB": f"{c['codec_metrics']['psnr'] if 'codec_metrics' in c else c['metrics']['psnr_db']:.2f}",
              "params": f"{c['params']:,}", "ratio": f"{c['compression_ratio']:g}",
              "enc/dec KAE": f"{c['config']['model']['encoder_kae_order']}/{c['config']['model']['decoder_kae_order']}",
              "recipe": c.get("recipe") or ""} for n, c in found.items()]
-    out.print(runs_table(rows, ["name", "dataset", "enc/dec KAE", "val MSE", "PSNR dB", "params", "ratio",
-                                "recipe"], title="trained models"))
+    out.print(runs_table(rows, ["name", "dataset", "family", "enc/dec KAE", "bytes/image", "PSNR dB", "val MSE",
+                                "params", "recipe"], title="trained models"))
 
 
 def promote(
@@ -192,13 +277,18 @@ def promote(
     name: str = typer.Option(..., "--name", help="Name to ship it under, e.g. mnist-kae-dec3."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="The experiment file that trained it."),
     dest: Optional[Path] = typer.Option(None, "--dest", help="Folder for the weights and card (default: trained/)."),
-    data_root: Optional[Path] = DATA_ROOT,
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset root for the card's validation MSE and PSNR (default: $KAEC_DATA or the user cache dir)."),
     force: bool = typer.Option(False, "--force", help="Replace a model of the same name."),
+    family: Optional[str] = typer.Option(None, "--family", help="Codec models: the quality family it joins "
+                                         "(mnist, fashion-mnist)."),
+    quality: Optional[int] = typer.Option(None, "--quality", min=1, help="Codec models: its quality level in "
+                                          "the family (1 = smallest files)."),
 ) -> None:
     """Ship a finished run as a trained model: safetensors weights and a model card with its metrics."""
     from kaecompress.zoo import promote as promote_run
 
-    card = promote_run(run, name, dest=dest, recipe=recipe, data_root=data_root, force=force)
+    card = promote_run(run, name, dest=dest, recipe=recipe, data_root=data_root, force=force, family=family,
+                       quality=quality)
     print(card)
 
 

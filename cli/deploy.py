@@ -24,11 +24,13 @@ def export_command(
 ) -> None:
     """Export the encoder and decoder to ONNX, TorchScript and torch.export, verified against PyTorch."""
     from kaecompress.data import load_images
-    from kaecompress.exporters import FORMATS, check_formats, export, read_manifest, verify_dir
+    from kaecompress.exporters import FORMATS, check_files, check_formats, export, read_manifest, verify_dir
     from kaecompress.zoo import load_model
 
     if verify_only is not None:
-        manifest = read_manifest(verify_only)
+        manifest = check_files(verify_only)  # names and hashes first, before any model or data is loaded
+        if source is None and not (isinstance(manifest.get("source"), str) and manifest["source"]):
+            raise KaecError(f"{verify_only}: manifest.json names no source model; give SOURCE")
         loaded = load_model(source or manifest["source"])
     else:
         if source is None or output is None:
@@ -41,7 +43,7 @@ def export_command(
         result = {"folder": str(verify_only), "source": loaded.name, "verified": report}
     else:
         paths = export(loaded.model, output, formats or FORMATS, images=images, source=loaded.name,
-                       weights_sha256=loaded.weights_sha256, force=force)
+                       weights_sha256=loaded.weights_sha256, force=force, codec_id=loaded.card.get("codec_id"))
         report = read_manifest(output)["verification"]["max_abs_diff"]
         result = {"folder": str(output), "source": loaded.name,
                   "files": {fmt: [str(p) for p in ps] for fmt, ps in paths.items()}, "verified": report}
@@ -60,7 +62,8 @@ def bench(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Trained model name, run folder or checkpoint "
                                         "(default: mnist-kae-dec3)."),
     batch_sizes: str = typer.Option("1,32,256", "--batch-sizes", help="Comma-separated batch sizes."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Threads for onnxruntime and torch."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Threads for onnxruntime and torch "
+                                          "(default: one per core the load average leaves free, at least 1)."),
     seconds: float = typer.Option(1.0, "--seconds", min=0.0, help="Minimum measured time per figure."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write every figure and the environment "
                                             "to this JSON file."),
@@ -71,7 +74,7 @@ def bench(
     from kaecompress.bench import run_bench
     from kaecompress.cli.progress import console, out, runs_table
     from kaecompress.runs import atomic_write_json
-    from kaecompress.zoo import load_model
+    from kaecompress.zoo import DEFAULT_MODEL, load_model
 
     try:
         sizes = [int(b) for b in batch_sizes.split(",")]
@@ -85,7 +88,7 @@ def bench(
         if not json_out.parent.is_dir() or not os.access(json_out.parent, os.W_OK):
             raise KaecError(f"--json {json_out}: folder {json_out.parent} does not exist or is not writable")
     with console.status("benchmarking") as status:
-        result = run_bench(load_model(model), provider=provider, batch_sizes=sizes, threads=threads,
+        result = run_bench(load_model(model or DEFAULT_MODEL), provider=provider, batch_sizes=sizes, threads=threads,
                            min_seconds=seconds, data_root=data_root, progress=lambda s: status.update(s))
     env = result["environment"]
     rows = [{**r, "images/s": f"{r['images_per_s']:,.0f}", "MB/s": f"{r['MB_per_s']:,.1f}",
@@ -104,6 +107,18 @@ def bench(
     out.print(runs_table(codecs, ["codec", "bytes/image", "PSNR dB", "enc+dec images/s", "settings"],
                          title=f"bytes and quality on {result['images']} test images "
                                f"({result['raw_bytes_per_image']} raw bytes each)"))
+    load = result["machine_load"]
+    threads_note = f"{env['torch_threads']} thread{'s' if env['torch_threads'] != 1 else ''}" + (
+        " (chosen from the load)" if env["threads_chosen"] else "")
+    import sys
+
+    if load["busy"]:  # one line, not wrapped: scripts grep for it
+        print(f"warning: the machine was busy while measuring: {load['why']}; figures are lower and noisier "
+              f"than on an idle machine ({threads_note})", file=sys.stderr)
+    else:
+        share = {k: "?" if load[k] is None else f"{load[k]:.0%}" for k in ("others_cpu_share", "steal_share")}
+        print(f"machine not busy: other processes used {share['others_cpu_share']} of the CPU, steal "
+              f"{share['steal_share']}; {threads_note}", file=sys.stderr)
     if json_out is not None:
         atomic_write_json(json_out, result)
 

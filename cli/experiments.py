@@ -27,36 +27,80 @@ def train(
     only: Optional[List[str]] = typer.Option(None, "--only", help="Only runs whose slug matches (glob or "
                                              "substring); repeatable."),
     as_json: bool = typer.Option(False, "--json", help="Print the run summaries as JSON on stdout."),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory", envvar="KAEC_MAX_MEMORY",
+                                             help="Refuse runs estimated to need more memory than this (12G, "
+                                             "512M, 50%); default: 80% of this machine's memory."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, envvar="KAEC_THREADS",
+                                          help="CPU threads per run (overrides train.threads); default: 1, "
+                                          "the fastest on a busy 2-core machine (see README)."),
+    workers: str = typer.Option("1", "--workers", help="Runs trained at once, each in its own process on this "
+                                "machine: a number, or auto (one per core, or --runs-per-gpu per GPU). Threads "
+                                "per worker: cores / workers unless --threads or train.threads is set."),
+    runs_per_gpu: int = typer.Option(1, "--runs-per-gpu", min=1, help="With CUDA, workers sharing one GPU."),
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="[ADDRESS]", help="Train the runs as tasks of a Ray "
+                                      "cluster (needs Ray: the optional extra named ray): ADDRESS, or alone for Ray's own discovery "
+                                      "(a running `ray start` cluster, else a local one). --runs-dir must be a "
+                                      "folder every node sees."),
 ) -> None:
     """Train every run of an experiment: finished runs are skipped, interrupted ones resume."""
+    import os
+
     from kaecompress.config import check_device, load_experiment
+    from kaecompress.resources import check_memory, parse_size
     from kaecompress.sweep import run_dir, select
 
-    from kaecompress.cli.progress import SweepProgress, console, out, runs_table
+    from kaecompress.cli.progress import SweepProgress, console, out, plural, runs_table
 
+    limit = parse_size(max_memory) if max_memory else None
+    if max_memory:  # runs trained in this process check against the same limit
+        os.environ["KAEC_MAX_MEMORY"] = max_memory
+    if threads:
+        os.environ["KAEC_THREADS"] = str(threads)
     exp = load_experiment(config)
     selected = select(exp, only)
     if device:
         check_device(device, "--device")
+    check_memory(selected, limit)
+    from kaecompress.workers import parse_workers
+
+    n_workers = parse_workers(workers, runs_per_gpu)
     if dry_run:  # rejects what a real run would reject at once
+        from kaecompress.runlock import describe, holder
         from kaecompress.sweep import plan
 
         states = plan(selected, runs_dir, device)
         rows = [{"matrix_id": r.matrix_id, "matrix_slug": r.matrix_slug, "status": status,
                  "dir": str(run_dir(runs_dir, r))} for r, (status, _) in zip(selected, states)]
+        for row in rows:  # a run some process trains right now (its lock's lease)
+            lease = holder(Path(row["dir"]))
+            if lease:
+                row["status"] = f"{row['status']}, being trained by {describe(lease)}"
         if as_json:
             print(json.dumps(rows, indent=2))
         else:
             out.print(runs_table(rows, ["matrix_id", "matrix_slug", "status", "dir"],
-                                     title=f"{len(rows)} runs of {config}"))
+                                     title=f"{plural(len(rows), 'run')} of {config}"))
         return
 
     from kaecompress.sweep import run_sweep
 
-    with SweepProgress(len(selected), quiet=as_json) as progress:
+    executor, display = None, SweepProgress(len(selected), quiet=as_json)
+    if ray is not None or n_workers > 1:  # several runs at once: one display for all of them
+        from kaecompress.cli.workers_progress import WorkersProgress
+
+        display = WorkersProgress(selected, quiet=as_json)
+        if ray is not None:
+            from kaecompress.raysweep import RayCluster
+
+            executor = RayCluster(None if ray == "auto" else ray, on_event=display.on_event)
+        else:
+            from kaecompress.workers import LocalWorkers
+
+            executor = LocalWorkers(n_workers, threads=threads, runs_per_gpu=runs_per_gpu, on_event=display.on_event)
+    with display as progress:
         try:
             report = run_sweep(selected, runs_dir, reset=reset, data_root=data_root, device=device,
-                               on_run=progress.on_run)
+                               on_run=getattr(progress, "on_run", None), executor=executor)
         except KeyboardInterrupt:
             progress.stop()
             raise Interrupted("a run cut short keeps its checkpoint; run the same command again to resume") from None
@@ -66,13 +110,16 @@ def train(
         rows = [_summary_row(s) for s in report.summaries]
         out.print(runs_table(rows, ["matrix_id", "matrix_slug", "status", "val loss", "params",
                                         "throughput", "train time", "ratio"],
-                                 title=f"{exp.path}: {len(rows)} runs ({len(report.skipped)} already done)"))
+                                 title=f"{exp.path}: {plural(len(rows), 'run')} ({len(report.skipped)} already "
+                                       "done)"))
+    for line in report.busy:  # left to the process that holds them (kaecompress.runlock)
+        print(f"skipped {line}", file=sys.stderr)
     if report.diverged:
-        print(f"{len(report.diverged)} run(s) diverged: {', '.join(report.diverged)}", file=sys.stderr)
+        print(f"{plural(len(report.diverged), 'run')} diverged: {', '.join(report.diverged)}", file=sys.stderr)
     for s in report.summaries:
         if s.get("status") == "failed":
             print(f"run {s['matrix_slug']} failed: {s['error']}", file=sys.stderr)
-    if report.failed:
+    if report.failed or (ray is not None and report.busy):  # a Ray task never skips its run silently
         raise typer.Exit(1)
 
 
@@ -84,7 +131,7 @@ def _summary_row(s: dict) -> dict:
         "matrix_id": s.get("matrix_id", ""), "matrix_slug": s.get("matrix_slug", ""), "status": s["status"],
         "val loss": num(s.get("final_val_loss"), ".6f"), "params": num(s.get("params"), ","),
         "throughput": num(s.get("throughput"), ",.0f") + ("/s" if s.get("throughput") else ""),
-        "train time": num((s.get("train_time_s") or 0) / 60 if "train_time_s" in s else None, ".2f") + " min",
+        "train time": "" if s.get("train_time_s") is None else f"{s['train_time_s'] / 60:.2f} min",
         "ratio": num(s.get("compression_ratio"), ".1f"),
     }
 

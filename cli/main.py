@@ -9,6 +9,10 @@ import typer
 
 from kaecompress.errors import KaecError
 
+# Typer's rich help prints a value type after every option, `<bool>` after flags that take none.
+_option_type = typer.core.TyperOption.display_type_rich
+typer.core.TyperOption.display_type_rich = lambda self, ctx: None if self.is_flag else _option_type(self, ctx)
+
 app = typer.Typer(
     help="Image compression with CNN autoencoders whose bottlenecks are Kolmogorov-Arnold (KAE) layers. "
     "Add --debug anywhere to see a traceback instead of a one-line error.",
@@ -55,11 +59,18 @@ def _expand_multi_value(argv: list[str]) -> list[str]:
     return out
 
 
-from kaecompress.cli import coding, deploy, experiments  # noqa: E402  (commands register on the app)
+def _optional_value(argv: list[str], flag: str, default: str) -> list[str]:
+    """`--ray` alone (last, or before another option) means `--ray auto`: click options need their value."""
+    return [x for i, a in enumerate(argv)
+            for x in ([a, default] if a == flag and (i + 1 == len(argv) or argv[i + 1].startswith("-")) else [a])]
+
+
+from kaecompress.cli import coding, deploy, experiments, rd  # noqa: E402  (commands register on the app)
 
 experiments.register(app)
 deploy.register(app)
 coding.register(app)
+rd.register(app)
 
 
 def main() -> None:
@@ -69,6 +80,12 @@ def main() -> None:
     argv = sys.argv[1:]
     debug = "--debug" in argv or os.environ.get("KAEC_DEBUG") == "1"
     argv = _expand_multi_value([a for a in argv if a != "--debug"])
+    argv = _optional_value(argv, "--ray", "auto")
+    if not debug:  # a library's warning is one line of ours, not a source excerpt
+        import warnings
+
+        warnings.showwarning = lambda message, category, *_a, **_k: print(
+            f"warning: {str(message).splitlines()[0] if str(message) else category.__name__}", file=sys.stderr)
 
     def fail(message: str, code: int = 2):
         if debug and sys.exc_info()[0] is not None:
@@ -92,6 +109,11 @@ def main() -> None:
         fail("aborted", 1)
     except OSError as e:  # unwritable output, full disk, ...: the path and the reason
         fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
+    except MemoryError:
+        fail("out of memory; run with --debug for the traceback", 1)
+    except Exception as e:  # last resort: a bug of ours, still one line
+        first = str(e).splitlines()[0] if str(e) else ""
+        fail(f"unexpected {type(e).__name__}{': ' + first if first else ''}; run with --debug for the traceback", 1)
     if code == 130:  # Ctrl-C: finished outputs stay, none is half-written (all writes are atomic)
         fail("interrupted", 130)
     sys.exit(code or 0)

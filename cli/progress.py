@@ -13,20 +13,39 @@ console = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 200)
 
 
-class _RunProgress:
-    """The per-run bar: inputs seen of the budget, train loss, samples/s and ETA."""
+def plural(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
-    def __init__(self, bars: Progress, task) -> None:
-        self.bars, self.task = bars, task
+
+class _RunProgress:
+    """The per-run bar: inputs seen of the budget, train loss, samples/s and ETA. Off a terminal (piped,
+    logged) there is no bar: a plain line at each tenth of the budget and at each validation instead."""
+
+    def __init__(self, bars: Progress, task, name: str = "", lines: bool = False) -> None:
+        self.bars, self.task, self.name, self.lines = bars, task, name, lines
+        self.total, self.next_tenth = 1, 1
+
+    def _line(self, text: str) -> None:
+        print(f"  {self.name}: {text}", file=sys.stderr, flush=True)
 
     def start(self, total: int, done: int) -> None:
         self.bars.reset(self.task, total=total, completed=done, start=True, visible=True)
+        self.total = max(total, 1)
+        self.next_tenth = done * 10 // self.total + 1
+        if self.lines and done:
+            self._line(f"resuming at {done:,} of {total:,} inputs ({done / self.total:.0%})")
 
     def update(self, inputs: int, loss: float, throughput: float) -> None:
         self.bars.update(self.task, completed=inputs, loss=f"loss {loss:.5f}", speed=f"{throughput:,.0f}/s")
+        if self.lines and inputs * 10 >= self.next_tenth * self.total:
+            self.next_tenth = inputs * 10 // self.total + 1
+            self._line(f"{inputs / self.total:4.0%}  {inputs:,} inputs  loss {loss:.5f}  {throughput:,.0f}/s")
 
     def validated(self, inputs: int, val_loss: float) -> None:
         self.bars.update(self.task, val=f"val {val_loss:.5f}")
+        if self.lines:
+            self._line(f"validation loss {val_loss:.6f} at {inputs:,} inputs"
+                       + ("  (done)" if inputs >= self.total else ""))
 
 
 class SweepProgress:
@@ -40,7 +59,7 @@ class SweepProgress:
         )
         self.overall = self.bars.add_task("runs", total=n_runs, loss="", val="", speed="")
         self.run = self.bars.add_task("run", total=1, loss="", val="", speed="", visible=False, start=False)
-        self.quiet = quiet
+        self.quiet, self.n_runs = quiet, n_runs
 
     def __enter__(self):
         self.bars.__enter__()
@@ -55,10 +74,12 @@ class SweepProgress:
     def on_run(self, index: int, cfg, status: str):
         self.bars.update(self.overall, completed=index)
         self.bars.update(self.run, description=f"{cfg.matrix_id} {cfg.matrix_slug}", loss="", val="", speed="")
-        if self.bars.disable and not self.quiet:  # no live bars (not a terminal): one line per run
-            verb = "skip" if status in ("finished", "diverged") else ("resume" if status == "interrupted" else "train")
-            print(f"[{index + 1}] {verb} {cfg.experiment_name}/{cfg.matrix_slug}", file=sys.stderr, flush=True)
-        return _RunProgress(self.bars, self.run)
+        lines = self.bars.disable and not self.quiet  # no live bars (not a terminal): plain lines
+        if lines:
+            verb = "skip" if status in ("finished", "diverged") else ("resume" if status in ("interrupted", "failed")
+                                                                       else "train")
+            print(f"[{index + 1}/{self.n_runs}] {verb} {cfg.run_folder}", file=sys.stderr, flush=True)
+        return _RunProgress(self.bars, self.run, f"[{index + 1}/{self.n_runs}]", lines)
 
 
 TEXT_COLUMNS = {"matrix_slug", "status", "dir", "file", "input", "output", "codec", "settings", "name", "dataset",

@@ -61,6 +61,8 @@ def verify(folder: Path, model: CNNKAE, images: torch.Tensor, files: Iterable[st
     report, failures = {}, []
     files = files or sorted(p.name for p in folder.iterdir() if p.suffix.lstrip(".") in EXTENSIONS.values())
     for name in files:
+        if Path(name).suffix.lstrip(".") not in EXTENSIONS.values():  # a codec's tables and reference decoder
+            continue
         part = name.split(".")[0]
         run = load_runner(folder / name)
         report[name] = {}
@@ -84,10 +86,13 @@ def verify(folder: Path, model: CNNKAE, images: torch.Tensor, files: Iterable[st
 
 
 def export(model: CNNKAE, out_dir: str | Path, formats: Iterable[str] = FORMATS, *, images: torch.Tensor,
-           source: str = "", weights_sha256: str = "", force: bool = False) -> dict[str, list[Path]]:
+           source: str = "", weights_sha256: str = "", force: bool = False, prior=None,
+           codec_id: int | None = None) -> dict[str, list[Path]]:
     """Write, verify and describe the encoder and decoder in each format. Everything is written to a
     temporary folder beside `out_dir` and renamed into place only once verified, so a failed export leaves
-    nothing behind. Returns {format: [paths]}."""
+    nothing behind. Returns {format: [paths]}. A codec model's tables (`prior`, a rangecoder.IntegerTables;
+    by default its own frozen prior's) add prior.npz, the reference decoder kae_decode.py (with onnx) and a
+    "bitstream" section to the manifest; `codec_id` is its shipped id, if any."""
     formats = check_formats(formats)
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
@@ -111,6 +116,13 @@ def export(model: CNNKAE, out_dir: str | Path, formats: Iterable[str] = FORMATS,
         written = {fmt: WRITERS[fmt](model, tmp, metadata) for fmt in formats}
         report = verify(tmp, model, images)
         manifest = _manifest(model, metadata, formats, tmp, report)
+        if prior is None and getattr(model, "prior", None) is not None and model.prior.frozen:
+            prior = model.prior.tables()  # a codec model carries its own
+        if prior is not None:
+            from kaecompress.exporters.codecfiles import write_codec_files
+
+            extra, manifest["bitstream"] = write_codec_files(tmp, prior, codec_id, formats)
+            manifest["files"].update(extra)
         atomic_write_json(tmp / MANIFEST, manifest)
         old = None
         if out_dir.exists():  # set the old export aside first, so one of the two is always complete
@@ -199,8 +211,14 @@ def check_files(folder: str | Path) -> dict:
     """The manifest of an export folder whose every file is present with the sha256 it lists."""
     folder = Path(folder)
     manifest = read_manifest(folder)
+    if not isinstance(manifest["files"], dict):
+        raise KaecError(f"{folder / MANIFEST}: 'files' must map file names to their sha256 and size")
     for name, info in manifest["files"].items():
-        if not (folder / name).is_file():
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", "..") or "\\" in name:
+            raise KaecError(f"{folder / MANIFEST}: lists {name!r}; only plain file names inside {folder} are accepted")
+        if not isinstance(info, dict) or not isinstance(info.get("sha256"), str):
+            raise KaecError(f"{folder / MANIFEST}: entry {name!r} without a sha256")
+        if not (folder / name).is_file() or (folder / name).is_symlink():
             raise KaecError(f"{folder / name}: missing (listed in {MANIFEST})")
         if _sha256(folder / name) != info["sha256"]:
             raise KaecError(f"{folder / name}: sha256 differs from {MANIFEST}; the file was changed")

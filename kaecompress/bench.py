@@ -65,6 +65,75 @@ def measure(fn: Callable[[], object], images_per_call: int, *, warmup: int = 3, 
     return Timing(len(latencies), len(latencies) * images_per_call, sum(latencies) / 1e3, latencies)
 
 
+def default_threads() -> int:
+    """Threads for torch and onnxruntime: one per core the machine's load leaves free, at least one.
+    Measured on the 2-core development machine under a load average of 8: torch's default 2 threads ran
+    the decoder at 7 images/s one image at a time and 627-681 at batch 256, against 800 and 1,040-1,090
+    with 1 thread (oversubscribed threads wait on each other at every operator)."""
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return cores
+    return max(1, min(cores, int(cores - load + 0.5)))
+
+
+def _cpu_jiffies() -> list[int] | None:
+    """The machine-wide `cpu` line of /proc/stat: user nice system idle iowait irq softirq steal ..."""
+    try:
+        with open("/proc/stat") as f:
+            return [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+
+
+class MachineLoad:
+    """What else used the CPU while we measured: /proc/stat and our own CPU time sampled at the start and
+    the end, and the load average. Busy means other processes used over a quarter of the machine, the
+    hypervisor stole over 5% of it, or the load average at the start was at least the number of cores."""
+
+    def __init__(self) -> None:
+        import resource
+
+        self._resource = resource
+        self.cores = os.cpu_count() or 1
+        self.load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        self._jiffies = _cpu_jiffies()
+        self._own = self._own_cpu()
+        self._wall = time.monotonic()
+
+    def _own_cpu(self) -> float:
+        usage = self._resource.getrusage(self._resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    def report(self) -> dict:
+        end = _cpu_jiffies()
+        own = self._own_cpu() - self._own
+        wall = time.monotonic() - self._wall
+        out = {"cores": self.cores, "load_1min_start": self.load_start,
+               "load_1min_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+               "seconds": wall, "own_cpu_share": own / (wall * self.cores) if wall > 0 else None,
+               "others_cpu_share": None, "steal_share": None}
+        if self._jiffies and end:
+            delta = [b - a for a, b in zip(self._jiffies, end)]
+            total = sum(delta)
+            if total > 0:
+                hz = os.sysconf("SC_CLK_TCK")
+                busy = total - delta[3] - delta[4] - delta[7]  # not idle, not waiting for I/O, not stolen
+                out["others_cpu_share"] = max(0.0, (busy - own * hz) / total)
+                out["steal_share"] = delta[7] / total
+        reasons = []
+        if out["others_cpu_share"] is not None and out["others_cpu_share"] > 0.25:
+            reasons.append(f"other processes used {out['others_cpu_share']:.0%} of the CPU")
+        if out["steal_share"] is not None and out["steal_share"] > 0.05:
+            reasons.append(f"the hypervisor stole {out['steal_share']:.0%} of it")
+        if self.load_start is not None and self.load_start >= self.cores:
+            reasons.append(f"the load average was {self.load_start:.1f} on {self.cores} cores at the start")
+        out["busy"] = bool(reasons)
+        out["why"] = "; ".join(reasons)
+        return out
+
+
 def environment(threads: int | None) -> dict:
     import onnxruntime as ort
     import torch
@@ -143,8 +212,10 @@ def run_bench(loaded, *, provider: str = "cpu", batch_sizes: Sequence[int] = (1,
 
     if provider not in ("cpu", "cuda"):
         raise KaecError(f"--provider: expected cpu or cuda, got {provider!r}")
-    if threads:
-        torch.set_num_threads(threads)
+    monitor = MachineLoad()
+    chosen = threads is None
+    threads = threads or default_threads()
+    torch.set_num_threads(threads)
     data = load_images(loaded.dataset, False, data_root, loaded.model.shape)
     n = max(max(batch_sizes), min(images, len(data)))
     x = data[:n].contiguous()
@@ -225,8 +296,8 @@ def run_bench(loaded, *, provider: str = "cpu", batch_sizes: Sequence[int] = (1,
                               "encode_decode_images_per_s": t.images_per_s})
     return {"model": loaded.name, "weights_sha256": loaded.weights_sha256, "provider": provider,
             "provider_used": used, "device": str(device), "images": len(x), "batch_sizes": list(batch_sizes),
-            "raw_bytes_per_image": raw_bytes, "environment": environment(threads), "inference": rows,
-            "quality": quality, "pillow": baselines}
+            "raw_bytes_per_image": raw_bytes, "environment": {**environment(threads), "threads_chosen": chosen},
+            "machine_load": monitor.report(), "inference": rows, "quality": quality, "pillow": baselines}
 
 
 def iobinding_run(session, name: str, inp: np.ndarray, device: str = "cuda"):

@@ -14,28 +14,41 @@ from __future__ import annotations
 
 import math
 import shutil
+import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from kaecompress.containers import Encoded
+from kaecompress.containers import MAX_PIXELS, Encoded, check_pixels
 from kaecompress.errors import KaecError
-from kaecompress.zoo import LoadedModel
+
+if TYPE_CHECKING:  # zoo imports torch; opening (and refusing) an image does not need it
+    from kaecompress.zoo import LoadedModel
 
 _BANDS = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}
 
 
-def open_image(path: Path):
-    """A fully decoded Pillow image; an unreadable or truncated file is a KaecError naming it."""
+def open_image(path: Path, max_pixels: int = MAX_PIXELS):
+    """A fully decoded Pillow image; an unreadable or truncated file is a KaecError naming it, and so is one
+    whose header claims more than `max_pixels` pixels (checked before its pixels are decoded)."""
     from PIL import Image, UnidentifiedImageError
 
+    pillow_limit = Image.MAX_IMAGE_PIXELS
     try:
+        Image.MAX_IMAGE_PIXELS = None  # our own limit replaces Pillow's warning and its traceback
         with Image.open(path) as im:
-            im.load()  # decodes everything now, so a truncated file fails here
+            check_pixels(im.width, im.height, str(path), max_pixels)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Pillow's notes on odd chunks or palettes; the pixels are what count
+                im.load()  # decodes everything now, so a truncated file fails here
             return im.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise KaecError(f"{path}: unreadable image ({e})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pillow_limit
 
 
 def working_mode(im) -> str:
@@ -53,7 +66,7 @@ def _as_array(im, mode: str) -> np.ndarray:
     if mode == "1":
         im = im.convert("L")
     elif im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        arr = np.asarray(im, dtype=np.float64)
+        arr = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
         if im.mode == "F" and arr.max() <= 1.0:
             peak = 1.0  # float images already in [0, 1]
         else:
@@ -89,8 +102,9 @@ class OnnxBackend:
     def __init__(self, folder: Path, provider: str = "cpu", threads: int | None = None) -> None:
         from kaecompress.exporters.formats import onnx_session
 
-        self.encoder = onnx_session(folder / "encoder.onnx", provider, threads)
-        self.decoder = onnx_session(folder / "decoder.onnx", provider, threads)
+        # Idle threads that spin would take the core the entropy coding between network calls needs.
+        self.encoder = onnx_session(folder / "encoder.onnx", provider, threads, spinning=False)
+        self.decoder = onnx_session(folder / "decoder.onnx", provider, threads, spinning=False)
 
     def encode(self, x: np.ndarray) -> np.ndarray:
         return self.encoder.run(None, {"images": x})[0]
@@ -133,6 +147,35 @@ def make_backend(loaded: LoadedModel, backend: str = "torch", data_root=None):
     raise KaecError(f"--backend: expected torch or onnx, got {backend!r}")
 
 
+# Out-of-domain check (figures from benchmarks/domain_check.py). On its 10,000 MNIST test digits
+# mnist-kae-dec3 averages 18.95 dB and its worst digit is 7.2 dB below that (mnist-kae-enc3: 6.8 dB); a
+# 720x477 photograph samples 14 dB below (mnist-kae-enc3: 12), a page of 1,000 test digits 2 dB below. 7.5 dB
+# below the card's figure flags the photograph and passes every test digit. The sample is each image's
+# highest-contrast tiles: flat areas reconstruct well under any model, busy ones show a mismatch first, and
+# decoding a tile costs about 6 times encoding one, so few are decoded.
+DOMAIN_MARGIN_DB = 7.5
+SAMPLE_TILES = 8  # per image; per call at least 16, or 1 in 64 of all tiles
+DOMAINS = {"mnist": "28x28 handwritten digits (MNIST)", "fashion-mnist": "28x28 clothing images (Fashion-MNIST)"}
+
+
+@dataclass
+class DomainCheck:
+    """How one image's sampled tiles reconstruct, against the model's own validation figure."""
+
+    psnr_db: float       # PSNR of the mean squared error over the sampled tiles
+    reference_db: float  # the model card's mean PSNR on its validation images
+    tiles: int           # tiles sampled
+
+    @property
+    def outside(self) -> bool:
+        return self.psnr_db < self.reference_db - DOMAIN_MARGIN_DB
+
+
+def domain_of(loaded: LoadedModel) -> str:
+    dataset = loaded.dataset
+    return DOMAINS.get(dataset, f"images like those of {dataset.removeprefix('folder:')}")
+
+
 class Codec:
     """compress: Pillow images -> Encoded latents; decompress: Encoded -> Pillow images.
     Tiles of many images go through the network together, `batch_size` at a time."""
@@ -143,6 +186,13 @@ class Codec:
         self.latent_dim = loaded.model.latent_dim
         self.backend = make_backend(loaded, backend, data_root)
         self.batch_size = batch_size
+        prior = getattr(loaded.model, "prior", None)
+        self.tables = prior.tables() if prior is not None else None  # a codec model's integer tables
+
+    @property
+    def rate_model(self) -> bool:
+        """A codec model: its latents are integers, entropy-coded into .kae version 2 files."""
+        return self.tables is not None
 
     # -- compress --
     def _planes(self, im, fit: str) -> tuple[np.ndarray, str]:
@@ -167,7 +217,9 @@ class Codec:
             return batch
         return np.concatenate([fn(batch[i:i + self.batch_size]) for i in range(0, len(batch), self.batch_size)])
 
-    def compress_many(self, images: Sequence, fit: str = "tile") -> list[Encoded]:
+    def compress_many(self, images: Sequence, fit: str = "tile", check_domain: bool = False) -> list[Encoded]:
+        """With `check_domain`, a sample of the tiles is decoded again and `self.domain_checks` holds, per
+        image, a DomainCheck (None for an image left out of the sample or a model without a card figure)."""
         if fit not in ("tile", "resize"):
             raise KaecError(f"--fit: expected tile or resize, got {fit!r}")
         tiles, grids, info = [], [], []
@@ -177,7 +229,11 @@ class Codec:
             tiles.append(t)
             grids.append(grid)
             info.append((im.width, im.height, mode))
-        latents = self._run(self.backend.encode, np.concatenate(tiles).astype(np.float32))
+        all_tiles = np.concatenate(tiles).astype(np.float32)
+        latents = self._run(self.backend.encode, all_tiles)
+        if self.rate_model:  # a codec model stores, and decodes, integers
+            latents = np.rint(latents)
+        self.domain_checks = self._check_domain(all_tiles, latents, [len(t) for t in tiles]) if check_domain else []
         out, start = [], 0
         for (width, height, mode), grid in zip(info, grids):
             count = int(np.prod(grid))
@@ -186,10 +242,71 @@ class Codec:
             out.append(Encoded(z, width, height, mode, fit, self.loaded.name, self.loaded.weights_sha256))
         return out
 
+    def _check_domain(self, tiles: np.ndarray, latents: np.ndarray, counts: list[int]) -> list:
+        """Decode each image's highest-contrast tiles (SAMPLE_TILES per image at most; per call 16 or 1 in 64
+        of all tiles, whichever is more) and compare their PSNR with the model card's."""
+        reference = self.loaded.card.get("metrics", {}).get("psnr_db")
+        if not isinstance(reference, (int, float)) or not counts:
+            return [None] * len(counts)
+        budget = max(2 * SAMPLE_TILES, sum(counts) // 64)
+        per_image = [min(n, SAMPLE_TILES) for n in counts]
+        chosen = list(range(len(counts)))
+        if sum(per_image) > budget:  # many images: the largest first, then evenly spaced ones
+            step = max(1, math.ceil(len(counts) / budget))
+            keep, used = [], 0
+            for i in sorted(chosen, key=lambda i: (-per_image[i], i % step, i)):
+                if used + per_image[i] <= budget:
+                    keep.append(i)
+                    used += per_image[i]
+            chosen = sorted(keep)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        picks = {}
+        for i in chosen:
+            contrast = tiles[starts[i]:starts[i] + counts[i]].reshape(counts[i], -1).var(1)
+            picks[i] = starts[i] + np.sort(np.argsort(-contrast, kind="stable")[:per_image[i]])
+        if not picks:
+            return [None] * len(counts)
+        index = np.concatenate(list(picks.values()))
+        recon = np.clip(self._run(self.backend.decode, np.ascontiguousarray(latents[index])), 0.0, 1.0)
+        errors = ((recon - tiles[index]) ** 2).reshape(len(index), -1).mean(1)
+        checks, at = [None] * len(counts), 0
+        for i, rows in picks.items():
+            mse = float(errors[at:at + len(rows)].mean())
+            at += len(rows)
+            checks[i] = DomainCheck(10 * math.log10(1 / max(mse, 1e-10)), float(reference), len(rows))
+        return checks
+
     def compress(self, image, fit: str = "tile") -> Encoded:
         return self.compress_many([image], fit)[0]
 
+    def to_kae(self, enc: Encoded) -> bytes:
+        """A codec model's .kae (version 2) file for one image: the latent integers, entropy-coded."""
+        from kaecompress import bitstream
+
+        return bitstream.write(enc.latents.astype(np.int64), width=enc.width, height=enc.height, mode=enc.mode,
+                               fit=enc.fit, tables=self.tables, weights_sha256=self.loaded.weights_sha256,
+                               codec_id=self.loaded.card.get("codec_id"), tile=(self.height, self.width))
+
     # -- decompress --
+    def from_kae(self, data: bytes, where: str, max_pixels: int = MAX_PIXELS) -> Encoded:
+        """A .kae version 2 file back to latents, once its header, size and checksum are shown sound."""
+        from kaecompress import bitstream
+        from kaecompress.zoo import by_codec_id
+
+        header = bitstream.parse_header(data, where)
+        ours = self.loaded.card.get("codec_id")
+        if not self.rate_model or (header.codec_id is not None and header.codec_id != ours):
+            made_by = by_codec_id(header.codec_id) if header.codec_id is not None else None
+            raise KaecError(f"{where}: encoded with {made_by or 'another model'}"
+                            f"{f' (codec id {header.codec_id})' if header.codec_id is not None else ''}, not with "
+                            f"{self.loaded.name}" + (f"; use --model {made_by}" if made_by else ""))
+        full = header.with_tile((self.height, self.width))
+        check_pixels(full.width, full.height, where, max_pixels)
+        symbols = bitstream.read_payload(data, header, self.tables, self.loaded.weights_sha256,
+                                         (self.height, self.width), where)
+        return Encoded(symbols.astype(np.float32), full.width, full.height, full.mode, full.fit, self.loaded.name,
+                       self.loaded.weights_sha256)
+
     def check_model(self, enc: Encoded, where: str) -> None:
         ours = self.loaded.weights_sha256
         if enc.weights_sha256 and not ours.startswith(enc.weights_sha256):

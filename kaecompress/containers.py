@@ -16,6 +16,7 @@ exactly one tile of one plane is stored as a single vector (latent_dim,).
 from __future__ import annotations
 
 import io
+import math
 import struct
 import zipfile
 import zlib
@@ -36,7 +37,11 @@ QUANTS = ("uint8", "float16")
 _HEAD = struct.Struct("<4sBBBB8sIIBHHH")
 _SCALE = struct.Struct("<ff")
 SUFFIXES = (".npy", ".npz", ".kae")
-MAX_PIXELS = 178_956_970  # Pillow's own limit for opening an image; a header claiming more is an attack
+# The most pixels (width x height) one image may have, encoded or decoded (`--max-pixels`). 40 Mpx holds an
+# 8K frame (33 Mpx) and most camera photos; beyond it the float planes alone pass 600 MB for RGBA. A header
+# asking for more is refused before anything is allocated; the work is at most 4 planes x this many pixels.
+MAX_PIXELS = 40_000_000
+_SMALL_MEMBER = 4096  # the .npz scalars (size, mode, fit, names) are a few hundred bytes
 
 
 @dataclass
@@ -85,8 +90,9 @@ def to_kae(enc: Encoded, quant: str = "uint8") -> bytes:
 
 def to_npz(enc: Encoded) -> bytes:
     buf = io.BytesIO()
-    np.savez(buf, latents=enc.latents.astype(np.float32), width=enc.width, height=enc.height, mode=enc.mode,
-             fit=enc.fit, model=enc.model, weights_sha256=enc.weights_sha256, format_version=VERSION)
+    np.savez_compressed(buf, latents=enc.latents.astype(np.float32), width=enc.width, height=enc.height,
+                        mode=enc.mode, fit=enc.fit, model=enc.model, weights_sha256=enc.weights_sha256,
+                        format_version=VERSION)
     return buf.getvalue()
 
 
@@ -99,12 +105,17 @@ def to_npy(enc: Encoded) -> bytes:
     return buf.getvalue()
 
 
-def write(enc: Encoded, path: Path, quant: str = "uint8") -> None:
+def serialize(enc: Encoded, path: Path, quant: str = "uint8") -> bytes:
+    """The bytes of the file `path` names by its suffix."""
     suffix = path.suffix.lower()
     data = {".kae": lambda: to_kae(enc, quant), ".npz": lambda: to_npz(enc), ".npy": lambda: to_npy(enc)}
     if suffix not in data:
         raise KaecError(f"{path}: unknown output type (expected {', '.join(SUFFIXES)})")
-    atomic_write_bytes(path, data[suffix]())
+    return data[suffix]()
+
+
+def write(enc: Encoded, path: Path, quant: str = "uint8") -> None:
+    atomic_write_bytes(path, serialize(enc, path, quant))
 
 
 # ---- reading ----------------------------------------------------------------------------------------
@@ -138,26 +149,33 @@ def from_kae(data: bytes, where: str) -> tuple[Encoded, str]:
 
 
 def read(path: Path, latent_dim: int, patch: tuple[int, int], channels: int = 1,
-         check_model: Callable[[Encoded, str], None] | None = None) -> Encoded:
+         check_model: Callable[[Encoded, str], None] | None = None, max_pixels: int = MAX_PIXELS) -> Encoded:
     """Any of .npy / .npz / .kae, checked against the decoding model (latent size, tile size, channels).
     A .npy carries no size: it decodes to its whole tile grid. `check_model` sees the file first, so a file
-    from another model is reported as such rather than as mismatched latent sizes."""
-    enc = _read(path, latent_dim, patch, channels)
+    from another model is reported as such rather than as mismatched latent sizes. Sizes claimed by headers
+    are checked against `max_pixels` before any array is allocated."""
+    enc = _read(path, latent_dim, patch, channels, max_pixels)
     if check_model:
         check_model(enc, str(path))
-    check(enc, str(path), latent_dim, patch, channels)
+    check(enc, str(path), latent_dim, patch, channels, max_pixels)
     return enc
 
 
-def check(enc: Encoded, where: str, latent_dim: int, patch: tuple[int, int], channels: int) -> None:
+def check_pixels(width: int, height: int, where: str, max_pixels: int = MAX_PIXELS) -> None:
+    if width * height > max_pixels:
+        raise KaecError(f"{where}: image size {width}x{height} ({width * height:,} pixels) is over the "
+                        f"{max_pixels:,}-pixel limit (--max-pixels)")
+
+
+def check(enc: Encoded, where: str, latent_dim: int, patch: tuple[int, int], channels: int,
+          max_pixels: int = MAX_PIXELS) -> None:
     """The header and the latents must describe one image the model can rebuild."""
     _check_latents(enc.latents, where, latent_dim)
     if enc.mode not in MODES or enc.fit not in FITS:
         raise KaecError(f"{where}: unknown mode {enc.mode!r} or fit {enc.fit!r}")
     if enc.width < 1 or enc.height < 1:
         raise KaecError(f"{where}: image size {enc.width}x{enc.height}; expected at least 1x1")
-    if enc.width * enc.height > MAX_PIXELS:
-        raise KaecError(f"{where}: image size {enc.width}x{enc.height} is over the {MAX_PIXELS:,}-pixel limit")
+    check_pixels(enc.width, enc.height, where, max_pixels)
     planes, ty, tx, _ = enc.latents.shape
     expected_planes = 1 if channels == 3 else {"1": 1, "L": 1, "LA": 2, "RGB": 3, "RGBA": 4}[enc.mode]
     if planes != expected_planes or (channels == 3 and enc.mode != "RGB"):
@@ -168,7 +186,7 @@ def check(enc: Encoded, where: str, latent_dim: int, patch: tuple[int, int], cha
                         f"of {patch[1]}x{patch[0]}, the file has {ty}x{tx}")
 
 
-def _read(path: Path, latent_dim: int, patch: tuple[int, int], channels: int) -> Encoded:
+def _read(path: Path, latent_dim: int, patch: tuple[int, int], channels: int, max_pixels: int) -> Encoded:
     suffix = path.suffix.lower()
     try:
         data = path.read_bytes()
@@ -178,17 +196,147 @@ def _read(path: Path, latent_dim: int, patch: tuple[int, int], channels: int) ->
         return from_kae(data, str(path))[0]
     if suffix not in (".npy", ".npz"):
         raise KaecError(f"{path}: unknown input type (expected {', '.join(SUFFIXES)})")
+    # a .npy holds no size: its grid is the image, so at most this many tiles of `latent_dim` values
+    max_values = 4 * latent_dim * max(1, max_pixels // (patch[0] * patch[1]))
     try:
-        loaded = np.load(io.BytesIO(data), allow_pickle=False)
         if suffix == ".npy":
-            return _from_array(loaded, path, latent_dim, patch, channels)
-        return Encoded(loaded["latents"], int(loaded["width"]), int(loaded["height"]), str(loaded["mode"]),
-                       str(loaded["fit"]), str(loaded["model"]), str(loaded["weights_sha256"]))
-    except KeyError as e:
-        raise KaecError(f"{path}: .npz without {e} (expected latents, width, height, mode, fit, model, "
-                        "weights_sha256)") from None
-    except (ValueError, TypeError, OSError, EOFError, zipfile.BadZipFile) as e:
+            buf = io.BytesIO(data)
+            return _from_array(_read_npy(buf, len(data), max_values, str(path)), path, latent_dim, patch, channels)
+        return _read_npz(data, path, latent_dim, patch, max_pixels)
+    except (ValueError, TypeError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise KaecError(f"{path}: not a readable {suffix} file ({e})") from None
+
+
+def _npy_header(f, size: int, max_values: int, where: str) -> tuple:
+    """(shape, fortran order, dtype, bytes) of the .npy array `f` starts with, refused when it claims more
+    than `max_values` values or more bytes than the `size` of the file or member."""
+    from numpy.lib import format as npformat
+
+    version = npformat.read_magic(f)
+    reader = npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0
+    shape, fortran, dtype = reader(f)
+    values = math.prod(shape)
+    if dtype.hasobject:
+        raise KaecError(f"{where}: holds Python objects; expected plain numbers")
+    nbytes = values * dtype.itemsize
+    if values > max_values or nbytes > size:
+        raise KaecError(f"{where}: header claims an array of shape {shape} ({nbytes:,} bytes), more than the "
+                        f"file holds or the {max_values:,}-value limit allows")
+    return shape, fortran, dtype, nbytes
+
+
+def _read_npy(f, size: int, max_values: int, where: str) -> np.ndarray:
+    """One .npy array from `f`, whose header is checked before the array is allocated: at most
+    `max_values` values, and no more bytes than the `size` the file or zip member has."""
+    shape, fortran, dtype, nbytes = _npy_header(f, size, max_values, where)
+    raw = f.read(nbytes)
+    if len(raw) != nbytes:
+        raise KaecError(f"{where}: truncated array data ({len(raw):,} of {nbytes:,} bytes)")
+    return np.frombuffer(raw, dtype).reshape(shape, order="F" if fortran else "C").copy()
+
+
+_NPZ_KEYS = ("latents", "width", "height", "mode", "fit", "model", "weights_sha256")
+
+
+def _check_npz_keys(zf: zipfile.ZipFile, path: Path) -> None:
+    names = set(zf.namelist())
+    missing = [k for k in _NPZ_KEYS if f"{k}.npy" not in names]
+    if missing:
+        raise KaecError(f"{path}: .npz without {', '.join(missing)} (expected {', '.join(_NPZ_KEYS)})")
+
+
+def _read_npz(data: bytes, path: Path, latent_dim: int, patch: tuple[int, int], max_pixels: int) -> Encoded:
+    """The members are read one by one, each bounded by the size its zip entry declares (zipfile inflates
+    no further) and by its .npy header, so a zip bomb or a lying header is refused before inflating."""
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        infos = {info.filename: info for info in zf.infolist()}
+        _check_npz_keys(zf, path)
+
+        def member(key: str, max_values: int) -> np.ndarray:
+            info = infos[f"{key}.npy"]
+            if info.file_size > 1024 + 8 * max_values:
+                raise KaecError(f"{path}: member {key} inflates to {info.file_size:,} bytes; expected at most "
+                                f"{1024 + 8 * max_values:,}")
+            with zf.open(info) as f:
+                return _read_npy(f, info.file_size, max_values, f"{path}: member {key}")
+
+        small = {k: member(k, _SMALL_MEMBER // 8) for k in _NPZ_KEYS[1:]}
+        width, height = int(small["width"]), int(small["height"])
+        check_pixels(width, height, str(path), max_pixels)
+        tiles = 1 if str(small["fit"]) == "resize" else -(-height // patch[0]) * -(-width // patch[1])
+        latents = member("latents", 4 * max(tiles, 1) * latent_dim)
+    return Encoded(latents, width, height, str(small["mode"]), str(small["fit"]), str(small["model"]),
+                   str(small["weights_sha256"]))
+
+
+def check_claimed_size(path: Path, max_pixels: int = MAX_PIXELS) -> None:
+    """Refuse a version-1 .kae or an .npz whose header claims more than `max_pixels` (or an .npz whose
+    latents claim far more than such an image needs), or a .npy whose header claims more than the file
+    holds, before any model or torch is loaded. Other files, and damage, are left to `read`, which gives
+    the precise error."""
+    suffix = path.suffix.lower()
+    unreadable = (OSError, KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile, zlib.error)
+    if suffix == ".kae":
+        try:
+            with open(path, "rb") as f:
+                head = f.read(_HEAD.size)
+        except OSError:
+            return
+        if len(head) == _HEAD.size and head[:4] == MAGIC and head[4] == VERSION:
+            check_pixels(*_HEAD.unpack(head)[6:8], str(path), max_pixels)
+        return
+    if suffix == ".npy":  # no size inside: the array may not claim more than the file or 4 values a pixel
+        try:
+            with open(path, "rb") as f:
+                _npy_header(f, path.stat().st_size, 4 * max_pixels, str(path))
+        except unreadable:
+            return
+        return
+    if suffix != ".npz":
+        return
+    try:
+        zf = zipfile.ZipFile(path)
+    except unreadable:
+        return
+    with zf:
+        _check_npz_keys(zf, path)
+        try:
+            size = []
+            for key in ("width", "height"):
+                info = zf.getinfo(f"{key}.npy")
+                if info.file_size > _SMALL_MEMBER:
+                    return
+                with zf.open(info) as f:
+                    size.append(int(_read_npy(f, info.file_size, 1, str(path))))
+            latents = zf.getinfo("latents.npy")
+        except (KaecError, *unreadable):
+            return
+        width, height = size
+        check_pixels(width, height, str(path), max_pixels)
+        # The model is not known yet: allow 4 planes of one float32 per pixel (far more than any tiling
+        # holds), and at least 2^16 values; `read` applies the exact bound.
+        limit = 4 * max(width * height, 2 ** 16)
+        if latents.file_size > 1024 + 4 * limit:
+            raise KaecError(f"{path}: member latents inflates to {latents.file_size:,} bytes; a {width}x{height} "
+                            f"image needs at most {1024 + 4 * limit:,}")
+        try:
+            with zf.open(latents) as f:
+                _npy_header(f, latents.file_size, limit, f"{path}: member latents")
+        except unreadable:
+            return
+
+
+def npz_weights_id(path: Path) -> str | None:
+    """The model id an .npz file records, read without inflating anything else; None if unreadable."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            info = zf.getinfo("weights_sha256.npy")
+            if info.file_size > _SMALL_MEMBER:
+                return None
+            with zf.open(info) as f:
+                return str(_read_npy(f, info.file_size, _SMALL_MEMBER // 4, str(path)))
+    except (KaecError, OSError, KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile, zlib.error):
+        return None  # reading it properly later gives the precise error
 
 
 def _check_latents(latents: np.ndarray, path, latent_dim: int) -> None:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from kaecompress.activations import check_activation, make_activation
+from kaecompress.entropy import FactorizedPrior, round_ste
 from kaecompress.errors import KaecError
 from kaecompress.layers import KAELayer
 
@@ -57,6 +58,8 @@ class CNNKAE(nn.Module):
         activation: str | None = "relu",
         latent_activation: str | None = None,
         output_activation: str | None = None,
+        stride: int = 1,
+        prior: str | None = None,
     ) -> None:
         super().__init__()
         shape = tuple(int(s) for s in shape)
@@ -65,14 +68,24 @@ class CNNKAE(nn.Module):
             raise KaecError(f"model.shape: expected (channels, height, width), got {shape}")
         if not channels or min(channels) < 1:
             raise KaecError(f"model.channels: expected a non-empty list of positive integers, got {channels}")
-        if kernel_size < 1 or latent_dim < 1 or encoder_kae_order < 0 or decoder_kae_order < 0:
-            raise KaecError("model: kernel_size and latent_dim must be >= 1, KAE orders >= 0")
-        shrink = (kernel_size - 1) * len(channels)
-        height, width = shape[1] - shrink, shape[2] - shrink
-        if height < 1 or width < 1:
+        if kernel_size < 1 or latent_dim < 1 or encoder_kae_order < 0 or decoder_kae_order < 0 or stride < 1:
+            raise KaecError("model: kernel_size, latent_dim and stride must be >= 1, KAE orders >= 0")
+        if prior not in (None, "none", "factorized"):
+            raise KaecError(f"model.prior: expected factorized or none, got {prior!r}")
+        prior = None if prior == "none" else prior
+        if stride == 1:  # the study's layout: unpadded convolutions, each shrinking by kernel_size - 1
+            shrink = (kernel_size - 1) * len(channels)
+            height, width = shape[1] - shrink, shape[2] - shrink
+            fits = height >= 1 and width >= 1
+        else:  # 'same' padding: each layer divides the size by the stride, exactly, so decoding restores it
+            step = stride ** len(channels)
+            height, width = shape[1] // step, shape[2] // step
+            fits = shape[1] % step == 0 and shape[2] % step == 0 and kernel_size % 2 == 1
+        if not fits:
             raise KaecError(
-                f"model: {len(channels)} unpadded convolutions of kernel {kernel_size} "
+                f"model: {len(channels)} convolutions of kernel {kernel_size}, stride {stride} "
                 f"do not fit a {shape[1]}x{shape[2]} input"
+                + ("" if stride == 1 else f" (needs sides divisible by {stride ** len(channels)} and an odd kernel)")
             )
         self.config = {
             "shape": list(shape),
@@ -85,14 +98,20 @@ class CNNKAE(nn.Module):
             "latent_activation": check_activation(latent_activation, "model.latent_activation"),
             "output_activation": check_activation(output_activation, "model.output_activation"),
         }
+        # Only when set, so that the configs (and identities) of earlier models stay as they were.
+        if stride != 1:
+            self.config["stride"] = int(stride)
+        if prior is not None:
+            self.config["prior"] = prior
         self.shape = shape
         self.latent_dim = int(latent_dim)
         feature_shape = (channels[-1], height, width)
         flat = channels[-1] * height * width
 
+        pad = 0 if stride == 1 else kernel_size // 2
         enc: list[nn.Module] = []
         for c_in, c_out in zip([shape[0], *channels[:-1]], channels):
-            enc.append(nn.Conv2d(c_in, c_out, kernel_size))
+            enc.append(nn.Conv2d(c_in, c_out, kernel_size, stride, padding=pad))
             _append(enc, activation)
         enc += [nn.Flatten(start_dim=-3), dense(flat, latent_dim, encoder_kae_order)]
         _append(enc, latent_activation)
@@ -101,12 +120,17 @@ class CNNKAE(nn.Module):
         dec: list[nn.Module] = [dense(latent_dim, flat, decoder_kae_order), Reshape(feature_shape)]
         outs = [*reversed(channels[:-1]), shape[0]]
         for i, (c_in, c_out) in enumerate(zip(reversed(channels), outs)):
-            dec.append(nn.ConvTranspose2d(c_in, c_out, kernel_size))
+            dec.append(nn.ConvTranspose2d(c_in, c_out, kernel_size, stride, padding=pad, output_padding=stride - 1))
             _append(dec, activation if i < len(outs) - 1 else output_activation)
         self.decoder = nn.Sequential(*dec)
+        # A codec model: latents are rounded to integers and coded under this learned density.
+        self.prior = FactorizedPrior(latent_dim) if prior == "factorized" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(x))
+        z = self.encoder(x)
+        if self.prior is not None:
+            z = round_ste(z)
+        return self.decoder(z)
 
     @property
     def compression_ratio(self) -> float:

@@ -40,41 +40,61 @@ def _save(fig, out: Path) -> Path:
     return out
 
 
+LINESTYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def curve_styles(selected: Sequence[RunConfig], color_by: str | None = None) -> list[dict]:
+    """Colour, line style, marker and legend label of each run's curves. Runs sharing a colour (the same
+    `color_by` value) differ in line style and marker, and each line is labelled with the matrix values
+    that tell it apart, so four runs of one colour remain four distinguishable lines."""
+    varying = [k for k in (selected[0].matrix if selected else {})
+               if len({repr(r.matrix.get(k)) for r in selected}) > 1 and k != color_by]
+    groups: dict[str, int] = {}
+    members: dict[str, int] = {}
+    styles = []
+    for cfg in selected:
+        key = str(cfg.matrix.get(color_by)) if color_by else cfg.matrix_slug
+        colour = groups.setdefault(key, len(groups))
+        j = members[key] = members.get(key, -1) + 1
+        rest = " ".join(f"{k}={cfg.matrix[k]}" for k in varying)
+        label = f"{color_by}={key}" + (f": {rest}" if rest else "") if color_by else cfg.matrix_slug
+        styles.append({"colour": colour, "linestyle": LINESTYLES[j % len(LINESTYLES)],
+                       "marker": MARKERS[j % len(MARKERS)], "label": label})
+    return styles
+
+
 def plot_curves(selected: Sequence[RunConfig], runs_root: str | Path, out: str | Path, *,
                 color_by: str | None = None, log: bool = False, validation: bool = True) -> Path:
-    """Train loss (lines) and validation loss (dots) against inputs seen, one line per run; runs sharing
-    the value of matrix key `color_by` share a colour."""
+    """Train loss (lines) and validation loss (markers) against inputs seen, one line per run; runs sharing
+    the value of matrix key `color_by` share a colour and differ in line style, marker and label."""
     from kaecompress.sweep import run_dir
 
     if color_by is not None and selected and color_by not in selected[0].matrix:
         raise KaecError(f"--color-by {color_by!r}: not a matrix key (keys: {', '.join(selected[0].matrix)})")
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, 5.5))
-    groups: dict[str, str] = {}
     cmap = plt.get_cmap("tab10")
     plotted = 0
-    for cfg in selected:
+    for cfg, style in zip(selected, curve_styles(selected, color_by)):
         metrics = runs.read_metrics(run_dir(runs_root, cfg))
         train = [(m["inputs"], m["train_loss"]) for m in metrics if m.get("train_loss") is not None]
         if not train:
             continue
-        key = str(cfg.matrix.get(color_by)) if color_by else cfg.matrix_slug
-        color = groups.setdefault(key, cmap(len(groups) % 10))
-        label = f"{color_by}={key}" if color_by else key
-        labelled = label in {t.get_label() for t in ax.get_lines()}
-        ax.plot(*zip(*train), color=color, lw=1, alpha=0.8, label=None if labelled else label)
+        color = cmap(style["colour"] % 10)
+        ax.plot(*zip(*train), color=color, lw=1, alpha=0.8, linestyle=style["linestyle"], label=style["label"])
         val = [(m["inputs"], m["val_loss"]) for m in metrics if m.get("val_loss") is not None]
         if validation and val:
-            ax.plot(*zip(*val), "o--", color=color, ms=3, lw=0.8, alpha=0.9)
+            ax.plot(*zip(*val), marker=style["marker"], linestyle="none", color=color, ms=4, alpha=0.9)
         plotted += 1
     if not plotted:
         raise KaecError("no run of the selection has logged any loss yet: train it first")
     ax.set_xlabel("inputs seen")
-    ax.set_ylabel("MSE loss (lines: train, dots: validation)")
+    ax.set_ylabel("MSE loss (lines: train, markers: validation)")
     if log:
         ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper right", ncol=1 if len(groups) <= 12 else 2)
+    ax.legend(fontsize=7, loc="upper right", ncol=1 if plotted <= 12 else 2)
     name = selected[0].experiment_name
     ax.set_title(f"{name}: {plotted} run{'s' if plotted != 1 else ''}")
     path = _save(fig, Path(out))

@@ -20,6 +20,7 @@ from kaecompress.errors import KaecError
 
 PARAMS, TIME, THROUGHPUT, RATIO, COUNT, STATUS = (
     "model params", "train time (minutes)", "throughput", "compression-ratio", "count", "status")
+BYTES, PSNR = "bytes/image", "PSNR"  # codec runs: whole .kae files and 8-bit PSNR on the validation set
 ID_COLUMNS = ("matrix_id", "matrix_slug")
 STAT_SUFFIXES = ("(std)", "(min)", "(max)")
 
@@ -52,21 +53,48 @@ def collect(experiment: Experiment, runs_root: str | Path) -> Table:
     rows = []
     for cfg in experiment.runs:
         directory = run_dir(runs_root, cfg)
-        summary = runs.read_json(directory / runs.SUMMARY) or {}
+        summary = _read_summary(directory / runs.SUMMARY)
         status = runs.run_status(directory, cfg.recipe())  # `stale`: its numbers belong to other settings
         row = {"matrix_id": cfg.matrix_id, "matrix_slug": cfg.matrix_slug, **cfg.matrix, STATUS: status}
         if status == "finished":
+            _check_fields(directory / runs.SUMMARY, summary)
             row.update({loss: summary.get("final_val_loss"), PARAMS: summary.get("params"),
                         TIME: summary["train_time_s"] / 60, THROUGHPUT: summary.get("throughput"),
-                        RATIO: summary.get("compression_ratio")})
+                        RATIO: summary.get("compression_ratio"), BYTES: summary.get("bytes_per_image"),
+                        PSNR: summary.get("psnr")})
         elif status == "interrupted":
             done = max((m.get("inputs", 0) for m in runs.read_metrics(directory)), default=0)
             row[STATUS] = f"interrupted at {done / cfg.train.max_inputs:.0%}"
         rows.append(row)
-    columns = [*ID_COLUMNS, *keys, loss, PARAMS, TIME, THROUGHPUT, RATIO]
+    codec = [BYTES, PSNR] if any(r.codec is not None for r in experiment.runs) else []
+    columns = [*ID_COLUMNS, *keys, loss, *codec, PARAMS, TIME, THROUGHPUT, RATIO]
     if any(r[STATUS] != "finished" for r in rows):
         columns.append(STATUS)
-    return Table(columns, rows, {loss, PARAMS, TIME, THROUGHPUT, RATIO}, keys)
+    return Table(columns, rows, {loss, *codec, PARAMS, TIME, THROUGHPUT, RATIO}, keys)
+
+
+_SUMMARY_FIELDS = ("final_val_loss", "params", "train_time_s", "throughput", "compression_ratio")
+
+
+def _read_summary(path: Path) -> dict:
+    """A run's summary, {} when there is none; a damaged one is one clear error naming it."""
+    if not path.exists():
+        return {}
+    summary = runs.read_json(path)
+    if not isinstance(summary, dict):
+        raise KaecError(f"{path}: not a readable run summary (expected a JSON object); delete it and run "
+                        "kaec train again to redo that run")
+    return summary
+
+
+def _check_fields(path: Path, summary: dict) -> None:
+    missing = [k for k in _SUMMARY_FIELDS if k not in summary]
+    wrong = [k for k in _SUMMARY_FIELDS if k in summary and summary[k] is not None
+             and (isinstance(summary[k], bool) or not isinstance(summary[k], (int, float)))]
+    if missing or wrong or summary.get("train_time_s") is None:
+        what = (f"missing {', '.join(missing)}" if missing
+                else f"not a number: {', '.join(wrong or ['train_time_s'])}")
+        raise KaecError(f"{path}: damaged run summary ({what}); delete it and run kaec train again to redo that run")
 
 
 def aggregate(table: Table, key: str, stats: list[str] = ()) -> Table:
@@ -166,6 +194,8 @@ def format_cell(column: str, value) -> str:
         return f"{value:.6f}"
     if column.startswith(RATIO):
         return f"{value:g}"
+    if column.startswith(BYTES) or column.startswith(PSNR):
+        return f"{value:.2f}"
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)

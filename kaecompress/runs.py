@@ -1,6 +1,6 @@
 """Run directories: layout, atomic writes and status.
 
-    RUNS_ROOT/EXPERIMENT/RUN_SLUG/
+    RUNS_ROOT/EXPERIMENT/RUN_SLUG/       (or RUNS_ROOT/NAME when experiment_name holds ${matrix_slug})
         config.yml       the resolved configuration of this run
         metrics.jsonl    one JSON object a line: train loss about every `log_every` inputs, validation per epoch
         checkpoint.pt    model + optimizer + progress, written atomically (resume point)
@@ -28,6 +28,16 @@ SUMMARY = "summary.json"
 DONE_STATES = ("finished", "diverged")
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+def run_path(runs_root: str | Path, folder: str) -> Path:
+    """RUNS_ROOT/FOLDER, refusing any folder that would land outside RUNS_ROOT (config text names it)."""
+    from kaecompress.errors import KaecError
+
+    parts = folder.split("/")
+    if not folder or os.path.isabs(folder) or any(p in ("", ".", "..") for p in parts) or "\\" in folder:
+        raise KaecError(f"{folder!r}: a run folder must be a relative path inside the runs folder")
+    return Path(runs_root).joinpath(*parts)
 
 
 def public_mode(path: Path, directory: bool = False) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Protocol
 
 from kaecompress import runs
 from kaecompress.config import Experiment, RunConfig
@@ -16,7 +17,7 @@ from kaecompress.errors import KaecError
 
 
 def run_dir(runs_root: str | Path, cfg: RunConfig) -> Path:
-    return Path(runs_root) / cfg.experiment_name / cfg.matrix_slug
+    return runs.run_path(runs_root, cfg.run_folder)
 
 
 def select(experiment: Experiment, patterns: Iterable[str] | None) -> list[RunConfig]:
@@ -41,6 +42,27 @@ class SweepReport:
     skipped: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     diverged: list[str] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)  # "slug: being trained by ...", left to their holders
+
+
+@dataclass(frozen=True)
+class Job:
+    """A run a sweep will train (or find finished after all, or held by another process)."""
+    index: int
+    cfg: RunConfig
+    directory: Path
+
+
+# What happened to a job: ("trained" | "skipped" | "busy", its summary, or for "busy" the holder's lease)
+Outcome = tuple[str, "dict | None"]
+
+
+class Executor(Protocol):
+    """Trains several jobs at once (local worker processes, a Ray cluster): returns each job's Outcome by
+    index; on Ctrl-C it stops them (each keeps a resumable checkpoint) and raises KeyboardInterrupt."""
+
+    def __call__(self, jobs: list[Job], *, total: int, data_root: str | Path | None,
+                 device: str | None) -> dict[int, Outcome]: ...
 
 
 def check_runs(selected: list[RunConfig], device: str | None = None) -> None:
@@ -68,16 +90,91 @@ def check_runs(selected: list[RunConfig], device: str | None = None) -> None:
             raise KaecError(f"{cfg.source or cfg.experiment_name}: {e}") from None
 
 
+def data_key(cfg: RunConfig, data_root: str | Path | None) -> tuple:
+    return cfg.data.dataset, str(data_root or cfg.data.root), tuple(cfg.model.shape)
+
+
+def load_run_data(cfg: RunConfig, data_root: str | Path | None, cache: dict | None = None) -> tuple:
+    """The run's (train, validation) images, each split loaded once per `cache`; a KaecError names the config."""
+    from kaecompress.data import load_images
+
+    cache = {} if cache is None else cache
+    key = data_key(cfg, data_root)
+    if key not in cache:
+        try:
+            cache[key] = tuple(load_images(cfg.data.dataset, train, data_root or cfg.data.root, cfg.model.shape)
+                               for train in (True, False))
+        except KaecError as e:
+            raise KaecError(f"{cfg.source or cfg.experiment_name}: {e}") from None
+    return cache[key]
+
+
+def run_one(cfg: RunConfig, directory: Path, *, wait_s: float = 0.0, data_root: str | Path | None = None,
+            device: str | None = None, progress=None, images: tuple | None = None,
+            on_locked: Callable[[], object] | None = None) -> Outcome:
+    """Train one run under its lock (kaecompress.runlock). A run another process holds is left to it
+    ("busy", after waiting up to `wait_s` for it to finish or for its lease to expire). Under the lock the
+    run is checked again: finished meanwhile ("skipped"), trained with other settings (KaecError), and its
+    data loaded here, on this node. A run that raises anything but KaecError or Ctrl-C is recorded as
+    failed. Each training attempt appends a line to RUN/attempts.jsonl."""
+    import os
+    import socket
+    import time
+
+    from kaecompress.runlock import RunBusy, RunLock, attempt_log, node_id
+    from kaecompress.train import load_checkpoint, train_run
+
+    lock = RunLock(directory)
+    try:
+        lock.acquire(wait_s=wait_s)
+    except RunBusy as e:
+        return "busy", e.holder
+    try:
+        status, changes = run_state(directory, cfg)
+        if changes:
+            raise KaecError(runs.stale_message(directory, changes))
+        if status in runs.DONE_STATES:
+            return "skipped", runs.read_json(directory / runs.SUMMARY)
+        train_images, val_images = images if images is not None else load_run_data(cfg, data_root)
+        if on_locked:
+            on_locked()
+        ckpt = directory / runs.CHECKPOINT
+        resumed_from = load_checkpoint(ckpt).get("inputs", 0) if ckpt.is_file() else 0
+        attempt_log(directory, {"node": node_id(), "host": socket.gethostname(), "pid": os.getpid(),
+                                "started_at": time.time(), "resumed_from": resumed_from})
+        try:
+            summary = train_run(cfg, directory, data_root=data_root, device=device, progress=progress,
+                                train_images=train_images, val_images=val_images)
+        except (KeyboardInterrupt, KaecError):
+            raise
+        except Exception as e:  # a crash in one run must not end the sweep
+            summary = failed_summary(cfg, directory, e)
+        return "trained", summary
+    finally:
+        lock.release()
+
+
+def failed_summary(cfg: RunConfig, directory: Path, e: BaseException) -> dict:
+    directory.mkdir(parents=True, exist_ok=True)
+    summary = {"status": "failed", "experiment_name": cfg.experiment_name, "matrix_id": cfg.matrix_id,
+               "matrix_slug": cfg.matrix_slug, "matrix": cfg.matrix,
+               "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(),
+               "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    runs.atomic_write_json(directory / runs.SUMMARY, summary)
+    return summary
+
+
 def run_sweep(selected: list[RunConfig], runs_root: str | Path, *, reset: bool = False,
               data_root: str | Path | None = None, device: str | None = None,
-              on_run: Callable[[int, RunConfig, str], object] | None = None) -> SweepReport:
-    """Train the selected runs in order. `on_run(index, cfg, status)` is called before each run and may
-    return a train.Progress for it. A run that raises is recorded as failed and the sweep goes on;
+              on_run: Callable[[int, RunConfig, str], object] | None = None,
+              executor: Executor | None = None) -> SweepReport:
+    """Train the selected runs, in order or through `executor`. `on_run(index, cfg, status)` is called
+    before each run in order (status "busy" for a run another process holds) and may return a
+    train.Progress for it. A run that raises is recorded as failed and the sweep goes on;
     KeyboardInterrupt stops the sweep (the interrupted run keeps its checkpoint). Everything that can
-    reject the sweep (configs, devices, data, runs trained with other settings) is checked before any run
-    folder is touched, `reset` included."""
-    from kaecompress.data import load_images
-    from kaecompress.train import train_run
+    reject the sweep (configs, devices, data, runs trained with other settings, runs that `reset` would
+    delete under another process) is checked before any run folder is touched."""
+    from kaecompress.runlock import RunLock
 
     dirs = [run_dir(runs_root, cfg) for cfg in selected]
     states = plan(selected, runs_root, device, reset=reset)
@@ -86,53 +183,90 @@ def run_sweep(selected: list[RunConfig], runs_root: str | Path, *, reset: bool =
             raise KaecError(runs.stale_message(directory, changes))
     statuses = [status for status, _ in states]
 
-    def data_key(cfg: RunConfig) -> tuple:
-        return cfg.data.dataset, str(data_root or cfg.data.root), tuple(cfg.model.shape)
-
-    images: dict[tuple, object] = {}  # each split loaded once, before any folder is touched
+    images: dict[tuple, tuple] = {}  # each split loaded once, before any folder is touched
     for cfg, status in zip(selected, statuses):
-        if status in runs.DONE_STATES:  # finished runs need neither their device nor their data here
-            continue
-        for train in (True, False):
-            key = (*data_key(cfg), train)
-            if key not in images:
-                try:
-                    images[key] = load_images(cfg.data.dataset, train, data_root or cfg.data.root, cfg.model.shape)
-                except KaecError as e:
-                    raise KaecError(f"{cfg.source or cfg.experiment_name}: {e}") from None
+        if status not in runs.DONE_STATES:  # finished runs need neither their device nor their data here
+            load_run_data(cfg, data_root, images)
     if reset:
-        for d in dirs:
-            if d.exists():
-                shutil.rmtree(d)
+        held = []
+        try:
+            for d in dirs:
+                if d.is_dir():
+                    lock = RunLock(d, heartbeat=False)
+                    busy = lock.try_acquire()
+                    if busy is not None:
+                        busy.pop("busy", None)
+                        from kaecompress.runlock import describe
+
+                        raise KaecError(f"{d}: being trained by {describe(busy or None)}; --reset deletes "
+                                        "nothing while a run is trained")
+                    held.append(lock)
+            for lock in held:
+                shutil.rmtree(lock.run_dir)
+        finally:
+            for lock in held:
+                lock.release()
 
     report = SweepReport()
+    pending = [Job(i, cfg, d) for i, (cfg, d, s) in enumerate(zip(selected, dirs, statuses))
+               if s not in runs.DONE_STATES]
+    outcomes: dict[int, Outcome] = {}
+    if executor is not None and pending:
+        outcomes = executor(pending, total=len(selected), data_root=data_root, device=device)
     for i, (cfg, directory, status) in enumerate(zip(selected, dirs, statuses)):
         if status in runs.DONE_STATES:
-            if on_run:
+            if on_run and executor is None:
                 on_run(i, cfg, status)
-            report.skipped.append(cfg.matrix_slug)
-            report.summaries.append(runs.read_json(directory / runs.SUMMARY))
-            continue
-        key = data_key(cfg)
-        progress = on_run(i, cfg, status) if on_run else None
-        try:
-            summary = train_run(cfg, directory, data_root=data_root, device=device, progress=progress,
-                                train_images=images[(*key, True)], val_images=images[(*key, False)])
-        except (KeyboardInterrupt, KaecError):
-            raise
-        except Exception as e:  # a crash in one run must not end the sweep
-            directory.mkdir(parents=True, exist_ok=True)
-            summary = {"status": "failed", "experiment_name": cfg.experiment_name, "matrix_id": cfg.matrix_id,
-                       "matrix_slug": cfg.matrix_slug, "matrix": cfg.matrix,
-                       "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(),
-                       "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-            runs.atomic_write_json(directory / runs.SUMMARY, summary)
-        report.summaries.append(summary)
-        if summary["status"] == "failed":
-            report.failed.append(cfg.matrix_slug)
-        elif summary["status"] == "diverged":
-            report.diverged.append(cfg.matrix_slug)
+            outcome = ("skipped", runs.read_json(directory / runs.SUMMARY))
+        elif executor is not None:
+            outcome = outcomes[i]
+        else:
+            late = _LateProgress(lambda i=i, cfg=cfg, status=status: on_run(i, cfg, status) if on_run else None)
+            outcome = run_one(cfg, directory, data_root=data_root, device=device, progress=late,
+                              images=load_run_data(cfg, data_root, images), on_locked=late.open)
+            if outcome[0] == "busy" and on_run:
+                on_run(i, cfg, "busy")
+        add_outcome(report, cfg, outcome)
     return report
+
+
+class _LateProgress:
+    """Asks for the run's progress bar only once its lock is ours: a run left to another process gets none."""
+
+    def __init__(self, make: Callable[[], object]) -> None:
+        self.make, self.progress = make, None
+
+    def open(self) -> None:
+        self.progress = self.make()
+
+    def start(self, total, done):
+        if self.progress:
+            self.progress.start(total, done)
+
+    def update(self, inputs, loss, throughput):
+        if self.progress:
+            self.progress.update(inputs, loss, throughput)
+
+    def validated(self, inputs, val_loss):
+        if self.progress:
+            self.progress.validated(inputs, val_loss)
+
+
+def add_outcome(report: SweepReport, cfg: RunConfig, outcome: Outcome) -> None:
+    from kaecompress.runlock import describe
+
+    kind, payload = outcome
+    if kind == "busy":
+        report.busy.append(f"{cfg.matrix_slug}: being trained by {describe(payload)}")
+        return
+    if kind == "skipped":
+        report.skipped.append(cfg.matrix_slug)
+    summary = payload or {}
+    report.summaries.append(summary)
+    if summary.get("status") == "failed":
+        report.failed.append(cfg.matrix_slug)
+    elif summary.get("status") == "diverged":
+        report.diverged.append(cfg.matrix_slug)
 
 
 def run_state(directory: Path, cfg: RunConfig) -> tuple[str, list[str]]:

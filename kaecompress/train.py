@@ -7,6 +7,7 @@ resumed from its checkpoint sees exactly the batches it would have seen without 
 from __future__ import annotations
 
 import contextlib
+import errno
 import inspect
 import math
 import signal
@@ -21,9 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from kaecompress import runs
-from kaecompress.config import RunConfig
+from kaecompress.config import RunConfig, check_optimizer
 from kaecompress.data import load_images
 from kaecompress.errors import KaecError
+from kaecompress.entropy import round_ste
 from kaecompress.models import CNNKAE, count_parameters
 
 CHECKPOINT_VERSION = 1
@@ -48,7 +50,32 @@ def build_model(cfg: RunConfig) -> CNNKAE:
     return CNNKAE(shape=m.shape, latent_dim=m.latent_dim, channels=m.channels, kernel_size=m.kernel_size,
                   encoder_kae_order=m.encoder_kae_order, decoder_kae_order=m.decoder_kae_order,
                   activation=m.activation, latent_activation=m.latent_activation,
-                  output_activation=m.output_activation)
+                  output_activation=m.output_activation, stride=m.stride,
+                  prior=cfg.codec.prior if cfg.codec else None)
+
+
+def step_loss(model: CNNKAE, x: torch.Tensor, cfg: RunConfig, step_seed: int) -> torch.Tensor:
+    """The training loss of one batch: MSE, or for a codec model bits per pixel + lambda * 255^2 * MSE.
+
+    A codec model's decoder sees the latents rounded (straight-through gradient); its rate is the
+    information content of the latents plus uniform noise, drawn from a generator seeded per step so that
+    a resumed run draws the same noise.
+    """
+    if cfg.codec is None:
+        return F.mse_loss(model(x), x)
+    z = model.encoder(x)
+    x_hat = model.decoder(round_ste(z))
+    gen = torch.Generator(device=z.device).manual_seed(step_seed)
+    noise = torch.rand(z.shape, generator=gen, device=z.device, dtype=z.dtype) - 0.5
+    bpp = model.prior.bits(z + noise).sum() / (x.shape[0] * x.shape[-1] * x.shape[-2])
+    return bpp + cfg.codec.lmbda * 255.0 ** 2 * F.mse_loss(x_hat, x)
+
+
+def learning_rate(cfg: RunConfig, inputs: int) -> float:
+    tc = cfg.train
+    if tc.lr_drop_at is not None and inputs >= tc.lr_drop_at * tc.max_inputs:
+        return tc.lr / 10
+    return tc.lr
 
 
 def build_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
@@ -64,6 +91,7 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float | None = No
     if match is None:
         raise KaecError(f"train.optimizer: unknown optimizer {name!r} (expected a torch.optim name: "
                         f"{', '.join(valid)})")
+    check_optimizer(match, "train.optimizer")
     cls = getattr(torch.optim, match)
     kwargs = {"lr": lr}
     if weight_decay is not None:
@@ -129,12 +157,54 @@ class _Scalars:
 
 def train_run(cfg: RunConfig, run_dir: str | Path, *, data_root: str | Path | None = None,
               device: str | None = None, progress: Progress | None = None,
-              train_images: torch.Tensor | None = None, val_images: torch.Tensor | None = None) -> dict:
+              train_images: torch.Tensor | None = None, val_images: torch.Tensor | None = None,
+              max_memory: int | None = None, threads: int | None = None) -> dict:
     """Train one run into `run_dir` (resuming from its checkpoint if there is one); return its summary.
 
     A finished run is not trained again: its summary is returned as it is. Ctrl-C saves a checkpoint and
-    re-raises KeyboardInterrupt, so the next call resumes where this one stopped.
+    re-raises KeyboardInterrupt, so the next call resumes where this one stopped. A run whose memory
+    estimate exceeds `max_memory` (default: a share of this machine's memory) is refused before anything
+    is allocated. A full disk marks the run failed, keeps its last checkpoint and raises KaecError.
     """
+    from kaecompress.resources import check_memory, env_threads
+
+    check_memory([cfg], max_memory)
+    with _threads(threads or env_threads() or cfg.train.threads):
+        try:
+            return _train_run(cfg, run_dir, data_root, device, progress, train_images, val_images)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            _mark_failed(Path(run_dir), cfg, f"disk full ({e.filename or run_dir})")
+            raise KaecError(f"{e.filename or run_dir}: disk full; run {cfg.run_folder} marked failed, its last "
+                            "checkpoint kept (free some space and run the same command again to resume)") from None
+
+
+@contextlib.contextmanager
+def _threads(n: int | None):
+    """torch's intra-op threads for the run, put back afterwards."""
+    from kaecompress.resources import default_threads
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n or default_threads())
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _mark_failed(run_dir: Path, cfg: RunConfig, error: str) -> None:
+    """A failed summary, if the disk still takes one: the checkpoint, not the summary, is what resumes."""
+    summary = {"status": "failed", "experiment_name": cfg.experiment_name, "matrix_id": cfg.matrix_id,
+               "matrix_slug": cfg.matrix_slug, "matrix": cfg.matrix, "error": error,
+               "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    try:
+        runs.atomic_write_json(run_dir / runs.SUMMARY, summary)
+    except OSError:
+        pass
+
+
+def _train_run(cfg, run_dir, data_root, device, progress, train_images, val_images) -> dict:
     run_dir = Path(run_dir)
     progress = progress or _Silent()
     recipe = cfg.recipe()
@@ -167,6 +237,8 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, data_root: str | Path | No
     run_dir.mkdir(parents=True, exist_ok=True)
     for stale in run_dir.glob(".*.tmp"):  # left by a write that a kill -9 cut short
         stale.unlink(missing_ok=True)
+    if status == "failed":  # resuming: the run is interrupted again until it ends
+        (run_dir / runs.SUMMARY).unlink(missing_ok=True)
     import yaml
 
     runs.atomic_write_text(run_dir / runs.CONFIG, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -198,11 +270,18 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, data_root: str | Path | No
         "params": count_parameters(model),
         "compression_ratio": model.compression_ratio,
         "device": str(dev),
+        "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if status == "finished":
+        if cfg.codec is not None:
+            model.prior.freeze()  # the integer tables every file of this model is coded with
         _save_checkpoint(ckpt_path, model, optimizer, cfg, state)
+        if cfg.codec is not None:  # after the checkpoint: a failure here keeps the trained weights
+            from kaecompress.codecstats import measure
+
+            summary.update(measure(model.cpu().eval(), val_images))
     runs.atomic_write_json(run_dir / runs.SUMMARY, summary)
     return summary
 
@@ -247,7 +326,11 @@ def _loop(cfg, model, optimizer, train_images, val_images, dev, state, run_dir, 
                 size = min(tc.batch_size, n - start, tc.max_inputs - state.inputs)
                 x = train_images[order[start:start + size]].to(dev, non_blocking=True)
                 state.mid_step = True  # weights and counters disagree until the inputs are counted
-                loss = F.mse_loss(model(x), x)
+                lr = learning_rate(cfg, state.inputs)
+                if optimizer.param_groups[0]["lr"] != lr:
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                loss = step_loss(model, x, cfg, cfg.seed * 1_000_003 + state.inputs)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -8,14 +8,18 @@ they came from: compressed files record it, and decoding checks it.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from kaecompress import runs
 from kaecompress.errors import KaecError
-from kaecompress.models import CNNKAE
+
+if TYPE_CHECKING:  # torch is imported where a model is built: a bad card or file is refused without it
+    import torch
+
+    from kaecompress.models import CNNKAE
 
 
 @dataclass
@@ -32,6 +36,8 @@ class LoadedModel:
 
 
 def weights_sha256(model: torch.nn.Module) -> str:
+    import torch
+
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().to("cpu", torch.float32).contiguous()
@@ -41,11 +47,26 @@ def weights_sha256(model: torch.nn.Module) -> str:
 
 
 def build(config: dict, state: dict, where: str | Path) -> CNNKAE:
-    """A CNNKAE from a run config and a state dict; a mismatch between the two is a clear error."""
+    """A CNNKAE from a run config and a state dict; a mismatch between the two is a clear error. The model
+    is first built without memory (meta device): a config asking for more parameters than the weights
+    hold is refused before anything is allocated."""
+    import torch
+
+    from kaecompress.models import CNNKAE
+
     try:
-        model = CNNKAE(**config["model"])
+        codec = config.get("codec") or {}
+        with torch.device("meta"):
+            shape_only = CNNKAE(**config["model"], prior=codec.get("prior"))
+        # A codec model's probability tables are sized by training, not by the config (rangecoder bounds them).
+        wanted = sum(t.numel() for k, t in shape_only.state_dict().items() if ".table_" not in k)
+        have = sum(t.numel() for k, t in state.items() if isinstance(t, torch.Tensor) and ".table_" not in k)
+        if wanted != have:
+            raise KaecError(f"{where}: the config does not match the weights (it describes {wanted:,} parameter "
+                            f"values, the weights hold {have:,})")
+        model = CNNKAE(**config["model"], prior=codec.get("prior"))
         model.load_state_dict(state)
-    except (KeyError, TypeError, RuntimeError) as e:
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
         raise KaecError(f"{where}: the config does not match the weights ({str(e).splitlines()[0]})") from None
     return model.eval()
 
@@ -92,14 +113,60 @@ def cards(folder: Path | None = None) -> dict[str, dict]:
     return found
 
 
+CARD_KEYS = {"name": str, "dataset": str, "config": dict, "metrics": dict, "params": int,
+             "compression_ratio": (int, float), "weights_file": str, "file_sha256": str, "weights_sha256": str}
+
+
+def check_card(card: dict, path: Path) -> dict:
+    """A card with every key the loaders and `kaec models` read, and a weights file that is a plain file
+    name beside it (never a path that leaves the folder)."""
+    missing = [k for k in CARD_KEYS if k not in card]
+    if missing:
+        raise KaecError(f"{path}: model card without {', '.join(missing)}")
+    wrong = [k for k, t in CARD_KEYS.items() if not isinstance(card[k], t) or isinstance(card[k], bool)]
+    if wrong:
+        raise KaecError(f"{path}: model card key {wrong[0]} has the wrong type ({type(card[wrong[0]]).__name__})")
+    name = card["weights_file"]
+    if Path(name).name != name or "\\" in name or not name.endswith(".safetensors") or name == ".safetensors":
+        raise KaecError(f"{path}: weights_file {name!r} must be a plain NAME.safetensors file name in {path.parent}")
+    if not isinstance(card["config"].get("model"), dict):
+        raise KaecError(f"{path}: model card config without a model section")
+    if not all(isinstance(card["metrics"].get(k), (int, float)) for k in ("mse", "psnr_db")):
+        raise KaecError(f"{path}: model card metrics without numeric mse and psnr_db")
+    return card
+
+
+def _check_sizes(data: bytes, path: Path, model: dict) -> None:
+    """Without torch: the safetensors header must fit the file, and the model the card's config describes
+    must not need more parameter values than the file holds (a codec model's file holds its prior too)."""
+    import json
+    import struct
+
+    from kaecompress.config import ModelConfig
+    from kaecompress.resources import parameter_count
+
+    if len(data) < 8 or struct.unpack("<Q", data[:8])[0] > len(data) - 8:
+        raise KaecError(f"{path}: not a readable safetensors file (its header length passes the end of the file)")
+    try:
+        header = json.loads(data[8:8 + struct.unpack("<Q", data[:8])[0]])
+        have = sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
+        wanted = parameter_count(ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in model.items()}))
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise KaecError(f"{path}: not a safetensors file matching its card ({e})") from None
+    if wanted > have:
+        raise KaecError(f"{path}: the config does not match the weights (it describes {wanted:,} parameter "
+                        f"values, the weights hold {have:,})")
+
+
 def load_trained(name: str, folder: Path | None = None) -> LoadedModel:
     """A shipped model: its safetensors weights, checked against the sha256 on its card."""
-    from safetensors.torch import load
+    from safetensors import SafetensorError
 
     folder = folder or trained_dir()
     card = cards(folder).get(name)
     if card is None:
         raise KaecError(f"{name}: no such trained model (available: {', '.join(cards(folder)) or 'none'})")
+    check_card(card, folder / f"{name}.json")
     path = folder / card["weights_file"]
     try:
         data = path.read_bytes()
@@ -107,13 +174,20 @@ def load_trained(name: str, folder: Path | None = None) -> LoadedModel:
         raise KaecError(f"{path}: cannot read weights ({e.strerror or e})") from None
     if hashlib.sha256(data).hexdigest() != card["file_sha256"]:
         raise KaecError(f"{path}: sha256 differs from its card {name}.json; the file is damaged")
-    model = build(card["config"], load(data), path)
+    _check_sizes(data, path, card["config"]["model"])
+    from safetensors.torch import load
+
+    try:
+        state = load(data)
+    except SafetensorError as e:
+        raise KaecError(f"{path}: not a readable safetensors file ({e})") from None
+    model = build(card["config"], state, path)
     return LoadedModel(model, name, card["config"], weights_sha256(model), card)
 
 
 def load_model(spec: str | Path | None = None) -> LoadedModel:
     """A shipped model by name (default: mnist-kae-dec3), a finished run folder or a checkpoint file."""
-    spec = str(spec or DEFAULT_MODEL)
+    spec = str(spec or default_model())
     if spec in cards():
         return load_trained(spec)
     path = Path(spec)
@@ -125,6 +199,51 @@ def load_model(spec: str | Path | None = None) -> LoadedModel:
                     f"(trained models: {', '.join(cards()) or 'none'})")
 
 
+def family(name: str) -> list[str]:
+    """The shipped models of a quality family (cards with `family: name`), lowest quality first."""
+    members = [(card.get("quality", 0), n) for n, card in cards().items() if card.get("family") == name]
+    return [n for _, n in sorted(members)]
+
+
+def families() -> dict[str, list[str]]:
+    """Every quality family of the shipped models: family name -> model names, lowest quality first."""
+    names = sorted({card["family"] for card in cards().values() if isinstance(card.get("family"), str)})
+    return {n: family(n) for n in names}
+
+
+def codec_model(dataset: str = "mnist", quality: int | None = None) -> str:
+    """The shipped codec model of `dataset`'s family at `quality`; without one, the family's default: the
+    smallest files at or above the PSNR of the dataset's plain (version-1) model. No family: DEFAULT_MODEL."""
+    members = family(dataset)
+    found = cards()
+    if quality is not None:
+        by_quality = {found[n].get("quality"): n for n in members}
+        if quality not in by_quality:
+            have = ", ".join(str(q) for q in sorted(by_quality)) or "none shipped"
+            raise KaecError(f"--quality {quality}: no such level for {dataset} (levels: {have})")
+        return by_quality[quality]
+    if not members:
+        return DEFAULT_MODEL
+    plain = [c["metrics"]["psnr_db"] for c in found.values()
+             if c.get("dataset") == dataset and "codec_id" not in c and isinstance(c.get("metrics"), dict)]
+    floor = max(plain, default=-math.inf)
+    good = [n for n in members if found[n]["codec_metrics"]["psnr"] >= floor] or members[-1:]
+    return min(good, key=lambda n: found[n]["codec_metrics"]["bytes_per_image"])
+
+
+def default_model() -> str:
+    """What `kaec encode` uses without --model or --quality (and `kaec decode` for bare .npy latents)."""
+    return codec_model("mnist")
+
+
+def by_codec_id(codec_id: int) -> str | None:
+    """The shipped codec model whose one-byte file id is `codec_id`."""
+    for name, card in cards().items():
+        if card.get("codec_id") == codec_id:
+            return name
+    return None
+
+
 def find_by_hash(prefix: str) -> str | None:
     """The shipped model whose weights sha256 starts with `prefix`."""
     for name, card in cards().items():
@@ -134,7 +253,8 @@ def find_by_hash(prefix: str) -> str | None:
 
 
 def promote(run_dir: str | Path, name: str, *, dest: Path | None = None, recipe: str | None = None,
-            data_root: str | Path | None = None, force: bool = False) -> Path:
+            data_root: str | Path | None = None, force: bool = False, family: str | None = None,
+            quality: int | None = None) -> Path:
     """Ship a finished run as a trained model: NAME.safetensors and a NAME.json card with its metrics on
     the full validation split. Returns the card's path."""
     import re
@@ -156,7 +276,7 @@ def promote(run_dir: str | Path, name: str, *, dest: Path | None = None, recipe:
     loaded = load_run(run_dir)
     summary = runs.read_json(Path(run_dir) / runs.SUMMARY) or {}
     images = load_images(loaded.dataset, False, data_root, loaded.model.shape)
-    quality = reconstruction_metrics(loaded.model, images)
+    recon = reconstruction_metrics(loaded.model, images)
     weights = save({k: v.contiguous() for k, v in loaded.model.state_dict().items()})
     runs.atomic_write_bytes(dest / f"{name}.safetensors", weights)
     card = {
@@ -164,7 +284,7 @@ def promote(run_dir: str | Path, name: str, *, dest: Path | None = None, recipe:
         "dataset": loaded.dataset,
         "recipe": recipe,
         "config": loaded.config,
-        "metrics": {"split": "test", "images": len(images), **quality},
+        "metrics": {"split": "test", "images": len(images), **recon},
         "training": {k: summary.get(k) for k in ("inputs", "train_time_s", "throughput", "device", "torch",
                                                  "final_val_loss", "finished_at")},
         "params": sum(p.numel() for p in loaded.model.parameters()),
@@ -176,5 +296,31 @@ def promote(run_dir: str | Path, name: str, *, dest: Path | None = None, recipe:
         "weights_sha256": loaded.weights_sha256,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if loaded.model.prior is not None:
+        card.update(_codec_card(loaded, summary, images, dest, name, family, quality))
+    elif family is not None or quality is not None:
+        raise KaecError(f"{run_dir}: --family/--quality are for codec models (runs trained with a codec: section)")
     runs.atomic_write_json(card_path, card)
     return card_path
+
+
+def _codec_card(loaded: LoadedModel, summary: dict, images, dest: Path, name: str, family: str | None,
+                quality: int | None) -> dict:
+    """A codec model's card entries: its file id, family, lambda and whole-file bytes / PSNR on `images`."""
+    from kaecompress.codecstats import measure
+
+    if not loaded.model.prior.frozen:
+        raise KaecError(f"{loaded.name}: the run has no probability tables (it did not finish as a codec run)")
+    from kaecompress.bitstream import MAX_COMPACT_ID
+
+    taken = {card.get("codec_id") for n, card in cards(dest).items() if n != name}
+    codec_id = next(i for i in range(1, MAX_COMPACT_ID + 2) if i not in taken)
+    if codec_id > MAX_COMPACT_ID:
+        raise KaecError(f"{dest}: all {MAX_COMPACT_ID} one-byte codec model ids are taken")
+    return {
+        "codec_id": codec_id,
+        "family": family,
+        "quality": quality,
+        "lambda": (loaded.config.get("codec") or {}).get("lmbda"),
+        "codec_metrics": {"split": "test", **measure(loaded.model, images)},
+    }

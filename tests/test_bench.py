@@ -45,6 +45,38 @@ def test_cpu_benchmark_end_to_end(env, tmp_path, mnist_root):
     json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
     env_info = result["environment"]
     assert env_info["cores"] >= 1 and env_info["ort_intra_op_threads"] == 1 and env_info["onnxruntime"]
+    assert env_info["threads_chosen"] is False and env_info["torch_threads"] == 1
+    load = result["machine_load"]
+    assert {"cores", "load_1min_start", "others_cpu_share", "steal_share", "busy", "why"} <= set(load)
+    assert 0 <= load["others_cpu_share"] <= 1 and 0 <= load["steal_share"] <= 1
+    assert ("warning: the machine was busy while measuring" in r.stderr) == load["busy"]
+    assert ("machine not busy" in r.stderr) != load["busy"]
+
+
+def test_a_busy_machine_is_detected_and_gets_fewer_threads(monkeypatch):
+    """Real load: one busy-looping process per core while the monitor samples /proc/stat."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from kaecompress.bench import MachineLoad, default_threads
+
+    cores = os.cpu_count()
+    monitor = MachineLoad()
+    burners = [subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 1.5\nwhile time.time() < end: pass"])
+               for _ in range(cores)]
+    for b in burners:
+        b.wait()
+    report = monitor.report()
+    assert report["busy"] and report["others_cpu_share"] > 0.25, report
+    assert "other processes used" in report["why"]
+    monkeypatch.setattr(os, "getloadavg", lambda: (float(cores) + 3, 0.0, 0.0))
+    assert default_threads() == 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert default_threads() == cores
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores - 1.0, 0.0, 0.0))
+    assert default_threads() == 1
 
 
 def test_bad_batch_sizes_and_json_paths_are_refused_before_measuring(env, tmp_path):

@@ -193,7 +193,7 @@ def test_a_header_claiming_a_huge_image_is_refused_before_decoding(env, mnist_va
     (tmp_path / "big.kae").write_bytes(to_kae(enc))
     assert from_kae((tmp_path / "big.kae").read_bytes(), "big")[0].width == 60000  # the CRC is valid
     r = kaec("decode", tmp_path / "big.kae", "-o", tmp_path / "big.png", "-m", "tiny-a", env=env)
-    assert r.returncode == 2 and "image size 60000x60000 is over the 178,956,970-pixel limit" in r.stderr
+    assert r.returncode == 2 and "image size 60000x60000 (3,600,000,000 pixels) is over the 40,000,000-pixel limit" in r.stderr
     assert not (tmp_path / "big.png").exists()
 
 

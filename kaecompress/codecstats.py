@@ -1,0 +1,58 @@
+"""What a rate-trained model costs and gives on a set of images: whole-file bytes and 8-bit PSNR."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+# The shipped-model header case: a codec model named by its one-byte id (see docs/kae-format.md).
+SHIPPED_ID = 1
+
+
+def psnr_8bit(decoded: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per-image PSNR (dB) of uint8 images (n, ...) against their uint8 references."""
+    err = (decoded.astype(np.float64) - reference.astype(np.float64)) ** 2
+    mse = err.reshape(len(err), -1).mean(axis=1)
+    with np.errstate(divide="ignore"):
+        return 10 * np.log10(255.0 ** 2 / mse)
+
+
+def to_pixels(images: torch.Tensor | np.ndarray) -> np.ndarray:
+    """[0, 1] floats -> the uint8 pixels a decoded image holds."""
+    arr = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    return np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
+
+
+@torch.no_grad()
+def measure(model, images: torch.Tensor, batch_size: int = 1000) -> dict:
+    """Code every image (one model-sized tile each) into the `.kae` file a shipped codec model writes;
+    return the mean whole-file and payload (coded latents alone) bytes, the ideal information content and the mean PSNR of the
+    decoded 8-bit pixels. `model.prior` must have its integer tables (`freeze()`)."""
+    from kaecompress import bitstream, rangecoder
+    from kaecompress.zoo import weights_sha256
+
+    model.eval()
+    tables = model.prior.tables()
+    sha = weights_sha256(model)
+    _, height, width = model.shape
+    sizes, payloads, ideal, psnrs = [], [], 0.0, []
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size]
+        q = torch.round(model.encoder(x))
+        decoded = to_pixels(model.decoder(q).clamp(0, 1))
+        psnrs.append(psnr_8bit(decoded, to_pixels(x)))
+        symbols = q.to(torch.int64).numpy()
+        ideal += rangecoder.ideal_bits(symbols, tables)
+        for row in symbols:
+            sizes.append(len(bitstream.write(row.reshape(1, 1, 1, -1), width=width, height=height, mode="L",
+                                             fit="tile", tables=tables, weights_sha256=sha, tile=(height, width),
+                                             codec_id=SHIPPED_ID)))
+            payloads.append(len(rangecoder.encode(row[None], tables)))
+    n = len(images)
+    return {
+        "bytes_per_image": float(np.mean(sizes)),
+        "payload_bytes_per_image": float(np.mean(payloads)),
+        "ideal_bytes_per_image": ideal / 8 / n,
+        "psnr": float(np.concatenate(psnrs).mean()),
+        "codec_images": n,
+    }

@@ -1,0 +1,123 @@
+"""A learned factorized prior: one density per latent dimension, for rate-trained codec models.
+
+Training sees the latents with uniform noise U(-1/2, 1/2) and pays -log2 of the density's mass over the
+unit interval around each value (the rate); coding sees the latents rounded to integers and uses integer
+frequency tables built once from the same density (`integer_tables`), stored with the weights, so that
+every machine decodes a file to the same integers.
+
+Each dimension's cumulative is sigmoid(f(x)) with f a small monotone network (positive weights, a
+tanh-shaped nonlinearity whose factor keeps it monotone), the univariate density of Ballé et al. 2018.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LIKELIHOOD_FLOOR = 1e-9  # keeps -log2 finite for values the density has not seen yet
+TABLE_REACH = 256        # integers in [-reach, reach] are examined when building tables
+TAIL_MASS = 1e-7         # values rarer than this at either end are coded through the escape
+TABLE_ARRAYS = ("offsets", "freqs", "precision")  # rangecoder.IntegerTables.to_arrays(), stored as buffers
+
+
+class FactorizedPrior(nn.Module):
+    """An independent learned density per latent dimension; `bits(y)` is the rate of noisy latents."""
+
+    def __init__(self, dim: int, filters: tuple[int, ...] = (3, 3, 3), init_scale: float = 10.0) -> None:
+        super().__init__()
+        self.dim = int(dim)
+        sizes = (1, *filters, 1)
+        scale = init_scale ** (1 / (len(sizes) - 1))
+        self.matrices = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        self.factors = nn.ParameterList()
+        for i in range(len(sizes) - 1):
+            init = math.log(math.expm1(1 / scale / sizes[i + 1]))
+            self.matrices.append(nn.Parameter(torch.full((self.dim, sizes[i + 1], sizes[i]), init)))
+            self.biases.append(nn.Parameter(torch.empty(self.dim, sizes[i + 1], 1).uniform_(-0.5, 0.5)))
+            if i < len(sizes) - 2:
+                self.factors.append(nn.Parameter(torch.zeros(self.dim, sizes[i + 1], 1)))
+        # The integer tables (filled by `freeze`); empty until then, resized on loading.
+        for name in TABLE_ARRAYS:
+            self.register_buffer(f"table_{name}", torch.zeros(0, dtype=torch.int32))
+
+    def _logits_cdf(self, v: torch.Tensor) -> torch.Tensor:
+        """v: (dim, 1, n) -> the logit of each dimension's cumulative at v, (dim, 1, n)."""
+        for i, (m, b) in enumerate(zip(self.matrices, self.biases)):
+            v = torch.matmul(F.softplus(m), v) + b
+            if i < len(self.factors):
+                v = v + torch.tanh(self.factors[i]) * torch.tanh(v)
+        return v
+
+    def likelihood(self, y: torch.Tensor) -> torch.Tensor:
+        """Mass of the unit interval around each value of y (n, dim), under its dimension's density."""
+        v = y.t().unsqueeze(1)
+        lower = self._logits_cdf(v - 0.5)
+        upper = self._logits_cdf(v + 0.5)
+        # Take the difference on the side of the sigmoid where it is not a difference of two numbers near 1.
+        sign = -torch.sign(lower + upper).detach()
+        mass = torch.abs(torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower))
+        return mass.squeeze(1).t().clamp_min(LIKELIHOOD_FLOOR)
+
+    def bits(self, y: torch.Tensor) -> torch.Tensor:
+        """Information content in bits of each latent vector of y (n, dim): shape (n,)."""
+        return -torch.log2(self.likelihood(y)).sum(dim=1)
+
+    @torch.no_grad()
+    def integer_pmf(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each dimension's probabilities of the integers it takes, (dim, K), and the first integer, (dim,).
+
+        The range of a dimension runs from the first to the last integer whose mass is above TAIL_MASS; one
+        width K (the widest) serves all, so the table is one array.
+        """
+        grid = torch.arange(-TABLE_REACH, TABLE_REACH + 1, dtype=torch.float32)
+        mass = self.likelihood(grid.unsqueeze(1).expand(-1, self.dim).contiguous()).t().double()  # (dim, n)
+        mass = mass.where(mass > LIKELIHOOD_FLOOR, torch.zeros((), dtype=mass.dtype))
+        keep = mass > TAIL_MASS
+        idx = torch.arange(grid.numel())
+        first = torch.where(keep, idx, grid.numel()).min(dim=1).values
+        last = torch.where(keep, idx, -1).max(dim=1).values
+        first = torch.where(last < 0, torch.full_like(first, TABLE_REACH), first)  # a dead dimension: just 0
+        last = torch.where(last < 0, torch.full_like(last, TABLE_REACH), last)
+        width = int((last - first).max()) + 1
+        start = torch.minimum(first, torch.full_like(first, grid.numel() - width))
+        cols = start.unsqueeze(1) + torch.arange(width)
+        pmf = mass.gather(1, cols)
+        return pmf.numpy(), (start - TABLE_REACH).to(torch.int64).numpy()
+
+    def freeze(self) -> None:
+        """Build and store the integer tables that coding uses (call once training is over)."""
+        from kaecompress.rangecoder import IntegerTables
+
+        pmf, offsets = self.integer_pmf()
+        for name, array in IntegerTables.from_pmf(pmf, offsets).to_arrays().items():
+            setattr(self, f"table_{name}", torch.from_numpy(np.ascontiguousarray(array, dtype=np.int32)))
+
+    @property
+    def frozen(self) -> bool:
+        return self.table_freqs.numel() > 0
+
+    def tables(self):
+        """The stored integer tables as a `rangecoder.IntegerTables`."""
+        from kaecompress.rangecoder import IntegerTables
+
+        if not self.frozen:
+            raise RuntimeError("the prior has no integer tables yet: call freeze() after training")
+        return IntegerTables.from_arrays({name: getattr(self, f"table_{name}").cpu().numpy()
+                                          for name in TABLE_ARRAYS})
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in TABLE_ARRAYS:  # their shape is the saved table's, not known before
+            saved = state_dict.get(f"{prefix}table_{name}")
+            if saved is not None:
+                setattr(self, f"table_{name}", torch.empty_like(saved))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def round_ste(y: torch.Tensor) -> torch.Tensor:
+    """Round to integers in the forward pass, identity in the backward pass (straight-through)."""
+    return y + (torch.round(y) - y).detach()

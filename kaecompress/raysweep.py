@@ -1,0 +1,172 @@
+"""A sweep's runs as Ray Core tasks (`kaec train --ray [ADDRESS]`; the optional extra `kaecompress[ray]`).
+
+Every pending run becomes one task asking for the run's `train.resources` (CPUs, a share of a GPU); Ray
+places, retries and cancels them. A task trains through `sweep.run_one`, like a local worker: under the
+run's lock, after checking on its own node that the run was not trained with other settings and that its
+data is there, resuming from the run's checkpoint. The runs folder must therefore be one path that every
+node sees (a shared filesystem).
+
+Faults: a task whose worker process or node dies is retried by Ray (`max_retries`) on another worker; the
+dead holder's lock is free at once when its process is gone from a node that still runs, and otherwise its
+lease expires (kaecompress.runlock), so a retried task waits for the lock, bounded by the lease's expiry,
+and resumes from the last checkpoint. A run that fails for its own reasons is recorded as failed by the
+task, which returns normally: Ray does not retry it. Ctrl-C cancels the tasks (Ray raises
+KeyboardInterrupt in each, and train_run saves a checkpoint), then KeyboardInterrupt.
+
+Ray Core tasks, not Ray Tune: a run is one function call with a fixed recipe, resumable from its own
+folder, and results come from the run folders (`kaec results`), so Tune's trials, searchers and result
+store would duplicate what the sweep already has.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from kaecompress import runs
+from kaecompress.errors import KaecError
+from kaecompress.sweep import Job, Outcome, failed_summary
+
+MAX_RETRIES = 3  # Ray's default for tasks whose worker or node died
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise KaecError("--ray: Ray is not installed; install the extra: pip install 'kaecompress[ray]'") from None
+    return ray
+
+
+def train_task(cfg, directory: str, data_root: str | None, device: str | None, wait_s: float) -> Outcome:
+    """The body of one Ray task (a plain function, so that it is testable without Ray)."""
+    from kaecompress.sweep import run_one
+
+    user = os.environ.get("KAEC_USER_THREADS")  # --threads on the driver
+    if user:
+        os.environ["KAEC_THREADS"] = user
+    elif getattr(cfg.train, "threads", None) is None:  # the task's CPUs are its threads
+        os.environ["KAEC_THREADS"] = str(max(1, int(cfg.train.resources.cpu)))
+    else:
+        os.environ.pop("KAEC_THREADS", None)
+    return run_one(cfg, Path(directory), wait_s=wait_s, data_root=data_root, device=device)
+
+
+def reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A HOST:PORT that nothing answers on is refused in seconds (Ray itself would wait minutes)."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return  # "auto", ray://..., or a form Ray resolves itself
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise KaecError(f"--ray {address}: no Ray cluster answers there ({e.strerror or e}); start one with "
+                        f"`ray start --head --port {port}`, or give the address `ray start` printed") from None
+
+
+class RayCluster:
+    """A sweep.Executor on a Ray cluster. Events as kaecompress.workers.LocalWorkers, the progress read from
+    the run folders every `poll_s` seconds (the driver needs no channel to the tasks)."""
+
+    def __init__(self, address: str | None = None, *, on_event: Callable[..., object] | None = None,
+                 max_retries: int = MAX_RETRIES, poll_s: float = 1.0) -> None:
+        self.address = address
+        self.on_event = on_event or (lambda *a: None)
+        self.max_retries, self.poll_s = max_retries, poll_s
+
+    def __call__(self, jobs: list[Job], *, total: int, data_root=None, device=None) -> dict[int, Outcome]:
+        from kaecompress.runlock import expiry_s
+
+        import contextlib
+        import sys
+
+        # stdout carries results (`--json`); Ray's own notices (a retried task, ...) go to stderr
+        with contextlib.redirect_stdout(sys.stderr):
+            return self._run(jobs, total, data_root, device)
+
+    def _run(self, jobs: list[Job], total: int, data_root, device) -> dict[int, Outcome]:
+        from kaecompress.runlock import expiry_s
+
+        ray = import_ray()
+        if self.address:
+            reachable(self.address)
+        try:
+            ray.init(address=self.address, logging_level="ERROR", log_to_driver=False,
+                     runtime_env={"env_vars": {"KAEC_USER_THREADS": os.environ.get("KAEC_THREADS", "")}}
+                     if os.environ.get("KAEC_THREADS") else None)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise KaecError(f"--ray {self.address or ''}: cannot connect to a Ray cluster "
+                            f"({str(e).splitlines()[0]})") from None
+        remote = ray.remote(train_task)
+        wait_s = expiry_s() * 1.25  # a retried task may find its run still leased by the dead worker
+        root = None if data_root is None else str(Path(data_root).resolve())
+        refs = {}
+        try:
+            for job in jobs:
+                res = job.cfg.train.resources
+                refs[remote.options(num_cpus=res.cpu, num_gpus=res.gpu, max_retries=self.max_retries,
+                                    retry_exceptions=False, name=f"kaec {job.cfg.matrix_slug}")
+                     .remote(job.cfg, str(job.directory.resolve()), root, device, wait_s)] = job
+            self.on_event("begin", -1, total, total - len(jobs))
+            return self._collect(ray, refs)
+        except KeyboardInterrupt:
+            self._cancel(ray, refs)
+            raise
+        finally:
+            ray.shutdown()
+
+    def _collect(self, ray, refs: dict) -> dict[int, Outcome]:
+        results: dict[int, Outcome] = {}
+        left = list(refs)
+        seen: dict[int, int] = {}
+        while left:
+            done, left = ray.wait(left, num_returns=len(left), timeout=self.poll_s)
+            for ref in done:
+                job = refs[ref]
+                try:
+                    outcome = tuple(ray.get(ref))
+                except ray.exceptions.RayTaskError as e:
+                    cause = getattr(e, "cause", None)
+                    if isinstance(cause, KaecError) or isinstance(e, KaecError):
+                        raise KaecError(str(cause or e).splitlines()[0]) from None
+                    outcome = ("trained", failed_summary(job.cfg, job.directory, cause or e))
+                except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
+                        ray.exceptions.RayError) as e:  # its worker died more often than Ray retries
+                    outcome = ("trained", failed_summary(job.cfg, job.directory, e))
+                results[job.index] = outcome
+                self.on_event("end", job.index, outcome)
+            for ref in left:  # progress, read from the run folders that tasks are writing
+                job = refs[ref]
+                self._progress(job, seen)
+        return results
+
+    def _progress(self, job: Job, seen: dict[int, int]) -> None:
+        from kaecompress.runlock import read_lease
+
+        if read_lease(job.directory) is None:
+            return
+        rows = runs.read_metrics(job.directory)
+        inputs = max((r.get("inputs", 0) for r in rows), default=0)
+        if job.index not in seen:
+            self.on_event("start", job.index, job.cfg.train.max_inputs, inputs)
+        elif inputs != seen[job.index]:
+            last = next((r for r in reversed(rows) if r.get("train_loss") is not None), None)
+            if last:
+                self.on_event("update", job.index, inputs, last["train_loss"], 0.0)
+        seen[job.index] = inputs
+
+    def _cancel(self, ray, refs: dict) -> None:
+        """Ctrl-C: cancel every task (each running one saves a checkpoint) and wait for them to end."""
+        for ref in refs:
+            ray.cancel(ref, force=False)
+        deadline = time.monotonic() + 120
+        left = list(refs)
+        while left and time.monotonic() < deadline:
+            try:
+                _, left = ray.wait(left, num_returns=len(left), timeout=1.0)
+            except KeyboardInterrupt:  # a second Ctrl-C: stop waiting
+                return

@@ -1,0 +1,249 @@
+"""Local worker processes: up to N runs of a sweep at once on this machine, each in its own process.
+
+Each worker is a fresh Python (multiprocessing's spawn) that sets its own CPU threads (cores / N, at least
+1, unless `--threads` or `train.threads` says otherwise) and, with CUDA, its own GPU (`runs_per_gpu` workers
+share one), loads the data it needs once, and trains the runs it is handed one at a time through
+`sweep.run_one`, under each run's lock. The driver hands out the runs, relays progress to a display, hands
+the run of a worker that died to another (it resumes from its checkpoint), and on Ctrl-C tells every
+worker to stop at its next log interval, which leaves a checkpoint, before raising KeyboardInterrupt.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+from kaecompress.errors import KaecError
+from kaecompress.sweep import Job, Outcome, failed_summary, run_one
+
+RETRIES = 2  # a run whose worker died is handed out again this many times
+STOP_WAIT_S = 300.0  # after Ctrl-C: how long workers get to save their checkpoints
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def auto_workers(runs_per_gpu: int = 1) -> int:
+    """`--workers auto`: runs_per_gpu per visible GPU, else one per core."""
+    gpus = gpu_count()
+    return gpus * runs_per_gpu if gpus else cores()
+
+
+def parse_workers(text: str | int, runs_per_gpu: int = 1) -> int:
+    if str(text).strip().lower() == "auto":
+        return auto_workers(runs_per_gpu)
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise KaecError(f"--workers: expected a positive number or 'auto', got {text!r}")
+    return n
+
+
+# ---- the worker process -----------------------------------------------------------------------------
+
+class _Relay:
+    """A train.Progress that forwards to the driver and raises KeyboardInterrupt once told to stop: train_run
+    then saves a checkpoint at that batch boundary."""
+
+    def __init__(self, events, stop, index: int) -> None:
+        self.events, self.stop, self.index = events, stop, index
+
+    def _check(self) -> None:
+        if self.stop.is_set():
+            raise KeyboardInterrupt
+
+    def start(self, total: int, done: int) -> None:
+        self.events.put(("start", self.index, total, done))
+        self._check()
+
+    def update(self, inputs: int, loss: float, throughput: float) -> None:
+        self.events.put(("update", self.index, inputs, loss, throughput))
+        self._check()
+
+    def validated(self, inputs: int, val_loss: float) -> None:
+        self.events.put(("validated", self.index, inputs, val_loss))
+
+
+def _worker(slot: int, tasks, events, stop, threads: int | None, gpu: int | None, data_root, device) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides when to stop (a shared Ctrl-C included)
+    user_threads = os.environ.get("KAEC_THREADS")
+    cache: dict = {}
+    from kaecompress.train import resolve_device
+
+    while True:
+        task = tasks.get()
+        if task is None or stop.is_set():
+            return
+        index, cfg, directory = task
+        # threads: --threads (KAEC_THREADS) or train.threads win; else this worker's share of the cores
+        if not user_threads:
+            if getattr(cfg.train, "threads", None) is None and threads:
+                os.environ["KAEC_THREADS"] = str(threads)
+            else:  # nothing left over from the previous run
+                os.environ.pop("KAEC_THREADS", None)
+        dev = device
+        if gpu is not None and resolve_device(device or cfg.train.device).type == "cuda":
+            dev = f"cuda:{gpu}"
+        try:
+            kind, payload = run_one(cfg, Path(directory), data_root=data_root, device=dev,
+                                    progress=_Relay(events, stop, index),
+                                    images=_data(cfg, data_root, cache))
+        except KeyboardInterrupt:
+            events.put(("interrupted", index, slot))
+            return
+        except KaecError as e:
+            events.put(("error", index, slot, str(e)))
+            return
+        except BaseException as e:  # the run's own failure is recorded by run_one; this is anything else
+            events.put(("end", index, slot, ("trained", failed_summary(cfg, Path(directory), e))))
+            continue
+        events.put(("end", index, slot, (kind, payload)))
+
+
+def _data(cfg, data_root, cache):
+    from kaecompress.sweep import load_run_data
+
+    return load_run_data(cfg, data_root, cache)
+
+
+# ---- the driver -------------------------------------------------------------------------------------
+
+class LocalWorkers:
+    """A sweep.Executor: `workers` processes on this machine. `on_event(kind, index, *data)` sees
+    ("begin", -1, total, already_done), ("take", i, worker), ("start", i, total_inputs, done_inputs),
+    ("update", i, inputs, loss, samples_per_s), ("validated", i, inputs, val_loss),
+    ("end", i, outcome) and ("retry", i, worker)."""
+
+    def __init__(self, workers: int, *, threads: int | None = None, runs_per_gpu: int = 1,
+                 on_event: Callable[..., object] | None = None) -> None:
+        self.workers, self.runs_per_gpu = workers, max(1, runs_per_gpu)
+        self.threads = threads
+        self.on_event = on_event or (lambda *a: None)
+
+    def __call__(self, jobs: list[Job], *, total: int, data_root=None, device=None) -> dict[int, Outcome]:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        n = min(self.workers, len(jobs))
+        threads = self.threads or max(1, cores() // n)
+        gpus = gpu_count() if (device or "auto") != "cpu" else 0
+        events, stop = ctx.Queue(), ctx.Event()
+        procs: dict[int, object] = {}
+        inbox: dict[int, object] = {}
+        running: dict[int, Job] = {}
+        pending = deque(jobs)
+        tries: dict[int, int] = {}
+        results: dict[int, Outcome] = {}
+        by_index = {j.index: j for j in jobs}
+        self.on_event("begin", -1, total, total - len(jobs))
+
+        def spawn(slot: int) -> None:
+            inbox[slot] = ctx.Queue()
+            gpu = (slot // self.runs_per_gpu) % gpus if gpus else None
+            p = ctx.Process(target=_worker, args=(slot, inbox[slot], events, stop, threads, gpu, data_root, device),
+                            name=f"kaec-worker-{slot}", daemon=True)
+            p.start()
+            procs[slot] = p
+
+        def hand_out(slot: int) -> None:
+            if pending and not stop.is_set():
+                job = pending.popleft()
+                running[slot] = job
+                inbox[slot].put((job.index, job.cfg, str(job.directory)))
+                self.on_event("take", job.index, slot)
+            else:
+                inbox[slot].put(None)
+
+        def handle(ev) -> None:
+            kind, index = ev[0], ev[1]
+            if kind == "end":
+                _, _, slot, outcome = ev
+                results[index] = tuple(outcome)
+                running.pop(slot, None)
+                self.on_event("end", index, tuple(outcome))
+                hand_out(slot)
+            elif kind == "interrupted":
+                running.pop(ev[2], None)
+            elif kind == "error":
+                running.pop(ev[2], None)
+                raise KaecError(ev[3])
+            else:
+                self.on_event(*ev)
+
+        def reap() -> None:
+            """A worker gone without saying so (killed, out of memory): its run goes to another."""
+            for slot, p in list(procs.items()):
+                if p.is_alive():
+                    continue
+                job = running.pop(slot, None)
+                del procs[slot]
+                if job is None:
+                    continue
+                tries[job.index] = tries.get(job.index, 0) + 1
+                if tries[job.index] > RETRIES:
+                    e = RuntimeError(f"its worker process died {tries[job.index]} times (exit code {p.exitcode})")
+                    results[job.index] = ("trained", failed_summary(job.cfg, job.directory, e))
+                    self.on_event("end", job.index, results[job.index])
+                else:
+                    pending.appendleft(job)
+                    self.on_event("retry", job.index, slot)
+                if pending and not stop.is_set():
+                    spawn(slot)
+                    hand_out(slot)
+
+        try:
+            for slot in range(n):
+                spawn(slot)
+                hand_out(slot)
+            while len(results) < len(jobs):
+                try:
+                    handle(events.get(timeout=0.5))
+                except queue.Empty:
+                    reap()
+                    if not procs and len(results) < len(jobs):
+                        missing = [by_index[i].cfg.matrix_slug for i in by_index if i not in results]
+                        raise KaecError(f"every worker exited with runs left: {', '.join(missing)}")
+        except BaseException:
+            self._stop(stop, procs, events, running, handle_quietly=lambda ev: (
+                self.on_event(*ev) if ev[0] not in ("end", "interrupted", "error") else None))
+            raise
+        finally:
+            for slot, p in procs.items():
+                if p.is_alive():
+                    inbox[slot].put(None)
+            for p in procs.values():
+                p.join(timeout=10)
+        return results
+
+    def _stop(self, stop, procs, events, running, handle_quietly) -> None:
+        """Tell every worker to stop and wait for them: each saves a checkpoint at its next batch boundary."""
+        import time
+
+        stop.set()
+        deadline = time.monotonic() + STOP_WAIT_S
+        while any(p.is_alive() for p in procs.values()) and time.monotonic() < deadline:
+            try:
+                handle_quietly(events.get(timeout=0.2))
+            except queue.Empty:
+                pass
+            except KeyboardInterrupt:  # a second Ctrl-C: stop waiting
+                break
+        for p in procs.values():
+            if p.is_alive():
+                p.kill()

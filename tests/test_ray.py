@@ -1,0 +1,169 @@
+"""`kaec train --ray ADDRESS` on a real Ray cluster on loopback: a head that runs no runs and two one-CPU
+worker nodes, each started by `ray start` in its own session. A worker node is killed (every process of its
+session) while it trains a run: Ray retries the task on the other node, which resumes from the checkpoint,
+and every run finishes once with the losses of a local sweep."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import kaec, write_config
+from test_lock import attempts, check_metrics_complete, start_kaec, wait_for
+from test_workers import GRID, INPUTS, SLUGS, same_losses
+
+pytest.importorskip("ray")
+RAY = shutil.which("ray")
+
+
+def session_pids(sid: int) -> list[int]:
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp session
+            if int(fields[3]) == sid:
+                pids.append(int(d.name))
+    return pids
+
+
+def session_of(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2:].split()[3])
+
+
+def kill_session(sid: int) -> None:
+    """A node dies: every process of the session its `ray start` began (raylet, agents, task workers)."""
+    for pid in session_pids(sid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "4",
+           "RAY_health_check_initial_delay_ms": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    common = ["--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
+    nodes = []  # session ids: the daemons a `ray start` leaves behind stay in its session, whose id is its pid
+    try:
+        for args in (["--head", "--port", str(port), "--num-cpus", "0", "--include-dashboard=false"],
+                     ["--address", f"127.0.0.1:{port}", "--num-cpus", "1"],
+                     ["--address", f"127.0.0.1:{port}", "--num-cpus", "1"]):
+            p = subprocess.Popen([RAY, "start", *args, *common], env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
+            nodes.append(p.pid)
+            out, _ = p.communicate(timeout=120)
+            assert p.returncode == 0, out[-2000:]
+        yield f"127.0.0.1:{port}", nodes[1:]
+    finally:
+        for sid in reversed(nodes):
+            kill_session(sid)
+
+
+def test_ctrl_c_on_the_driver_cancels_then_a_rerun_resumes(tmp_path, mnist_root, cluster):
+    address, _ = cluster
+    cfg = write_config(tmp_path / "grid.yml", GRID)
+    runs = tmp_path / "runs" / "wgrid"
+    args = ("train", "-c", cfg, "--runs-dir", tmp_path / "runs", "--data-root", mnist_root, "--ray", address)
+    driver = start_kaec(*args)
+    try:
+        wait_for(lambda: any((runs / s / "checkpoint.pt").is_file() for s in SLUGS), timeout=180,
+                 what="a checkpoint")
+        os.killpg(driver.pid, signal.SIGINT)  # the driver alone: the tasks run in the nodes' own sessions
+        _, err = driver.communicate(timeout=180)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("error: interrupted")
+    cut = [s for s in SLUGS if (runs / s / "attempts.jsonl").is_file() and not (runs / s / "summary.json").is_file()]
+    assert cut
+    wait_for(lambda: not any((runs / s / ".lease.json").exists() for s in cut), timeout=60,
+             what="the cancelled tasks to let go of their runs")
+    assert all((runs / s / "checkpoint.pt").is_file() for s in cut)
+    r = kaec(*args, "--json")
+    assert r.returncode == 0, r.stderr
+    assert [s["status"] for s in json.loads(r.stdout)] == ["finished"] * 4
+    for s in SLUGS:
+        tries = attempts(runs / s)
+        assert len(tries) == (2 if s in cut else 1), s
+        if s in cut:
+            assert tries[1]["resumed_from"] > 0
+        check_metrics_complete(runs / s, max_inputs=INPUTS)
+
+
+def test_a_killed_worker_node_s_run_resumes_elsewhere_once(tmp_path, mnist_root, cluster):
+    address, workers = cluster
+    cfg = write_config(tmp_path / "grid.yml", GRID.replace("  log_every: 320\n", "  log_every: 320\n  resources: {cpu: 1}\n"))
+    runs = tmp_path / "runs" / "wgrid"
+    driver = start_kaec("train", "-c", cfg, "--runs-dir", tmp_path / "runs", "--data-root", mnist_root,
+                        "--ray", address, "--json")
+    try:
+        def a_run_in_progress():
+            for s in SLUGS:
+                lease = runs / s / ".lease.json"
+                if (runs / s / "checkpoint.pt").is_file() and lease.is_file():
+                    return s
+            return None
+
+        wait_for(lambda: a_run_in_progress() is not None, timeout=180, what="a run with a checkpoint")
+        victim = a_run_in_progress()
+        holder = json.loads((runs / victim / ".lease.json").read_text())["pid"]
+        node = session_of(holder)
+        assert node in workers  # a worker node, not the head (which has no CPUs for runs)
+        t_kill = time.time()
+        kill_session(node)
+        out, err = driver.communicate(timeout=300)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 0, err
+    summaries = {s["matrix_slug"]: s for s in json.loads(out)}
+    # the losses of a local sweep (one process, one thread, like each one-CPU task)
+    ref = kaec("train", "-c", cfg, "--runs-dir", tmp_path / "local", "--data-root", mnist_root, "--json",
+               "--threads", "1")
+    assert ref.returncode == 0, ref.stderr
+    same_losses(summaries, {s["matrix_slug"]: s for s in json.loads(ref.stdout)})
+    first, second = attempts(runs / victim)
+    assert first["pid"] == holder and second["pid"] != holder
+    assert second["resumed_from"] > 0 and second["started_at"] > t_kill
+    assert session_of_alive(second["pid"]) != node
+    for s in SLUGS:
+        if s != victim:
+            assert len(attempts(runs / s)) == 1, s
+        check_metrics_complete(runs / s, max_inputs=INPUTS)
+
+
+def session_of_alive(pid: int) -> int | None:
+    try:
+        return session_of(pid)
+    except OSError:
+        return None
+
+
+def test_an_address_where_no_cluster_answers_is_one_line_exit_2(tmp_path, mnist_root):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # free once closed: nothing listens there
+    cfg = write_config(tmp_path / "grid.yml", GRID)
+    t0 = time.monotonic()
+    r = kaec("train", "-c", cfg, "--runs-dir", tmp_path / "runs", "--data-root", mnist_root, "--ray",
+             f"127.0.0.1:{port}")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith(f"error: --ray 127.0.0.1:{port}: no Ray cluster answers there")
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert time.monotonic() - t0 < 120 and not (tmp_path / "runs").exists()

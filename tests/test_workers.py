@@ -1,0 +1,183 @@
+"""`kaec train --workers N`: real worker processes on real MNIST; the same numbers as one process, every run
+trained once, a dead worker's run resumed by another, Ctrl-C then a rerun losing nothing."""
+
+import json
+import os
+import signal
+
+import pytest
+
+from conftest import kaec, write_config
+from test_lock import attempts, check_metrics_complete, start_kaec, wait_for
+
+GRID = """
+experiment_name: wgrid
+matrix:
+  trial: [1, 2]
+  deckae: [0, 2]
+data:
+  dataset: mnist
+model:
+  latent_dim: 8
+  channels: [4]
+  kernel_size: 7
+  decoder_kae_order: ${deckae}
+  output_activation: sigmoid
+train:
+  batch_size: 32
+  optimizer: Adam
+  lr: 1.0e-3
+  max_inputs: 5000
+  validation_batch_size: 1000
+  log_every: 320
+  checkpoint_every_s: 0.3
+"""
+INPUTS = 5000
+SLUGS = ["trial:1_deckae:0", "trial:1_deckae:2", "trial:2_deckae:0", "trial:2_deckae:2"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, mnist_root):
+    """The grid trained by one process (`--workers 1`, the default): its summaries by slug."""
+    home = tmp_path_factory.mktemp("ref")
+    cfg = write_config(home / "grid.yml", GRID)
+    r = kaec("train", "-c", cfg, "--runs-dir", home / "runs", "--data-root", mnist_root, "--json")
+    assert r.returncode == 0, r.stderr
+    return {s["matrix_slug"]: s for s in json.loads(r.stdout)}
+
+
+def same_losses(summaries: dict, reference: dict):
+    assert sorted(summaries) == SLUGS
+    for slug, s in summaries.items():
+        assert s["status"] == "finished" and s["inputs"] == INPUTS
+        # seeded runs; thread counts may change reduction order at the 1e-9 level
+        assert s["final_val_loss"] == pytest.approx(reference[slug]["final_val_loss"], rel=1e-6, abs=1e-9)
+
+
+def test_two_workers_train_every_run_once_with_the_same_losses(tmp_path, mnist_root, reference):
+    cfg = write_config(tmp_path / "grid.yml", GRID)
+    r = kaec("train", "-c", cfg, "--runs-dir", tmp_path / "runs", "--data-root", mnist_root, "--workers", "2",
+             "--json")
+    assert r.returncode == 0, r.stderr
+    same_losses({s["matrix_slug"]: s for s in json.loads(r.stdout)}, reference)
+    pids = set()
+    for slug in SLUGS:
+        run = tmp_path / "runs" / "wgrid" / slug
+        (attempt,) = attempts(run)  # trained once
+        pids.add(attempt["pid"])
+        check_metrics_complete(run, max_inputs=INPUTS)
+    assert len(pids) == 2  # by two worker processes
+    again = kaec("train", "-c", cfg, "--runs-dir", tmp_path / "runs", "--data-root", mnist_root, "--workers", "2",
+                 "--json")
+    assert again.returncode == 0 and [s["status"] for s in json.loads(again.stdout)] == ["finished"] * 4
+    assert all(len(attempts(tmp_path / "runs" / "wgrid" / slug)) == 1 for slug in SLUGS)
+
+
+def test_ctrl_c_then_rerun_loses_nothing_and_trains_nothing_twice(tmp_path, mnist_root, reference):
+    cfg = write_config(tmp_path / "grid.yml", GRID)
+    runs = tmp_path / "runs" / "wgrid"
+    args = ("train", "-c", cfg, "--runs-dir", tmp_path / "runs", "--data-root", mnist_root, "--workers", "2")
+    driver = start_kaec(*args)
+    try:
+        wait_for(lambda: sum((runs / s / "checkpoint.pt").is_file() for s in SLUGS) >= 2, what="two checkpoints")
+        os.killpg(driver.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the driver and its workers
+        _, err = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("error: interrupted") and "Traceback" not in err
+    started = [s for s in SLUGS if (runs / s / "attempts.jsonl").is_file()]
+    cut = [s for s in started if not (runs / s / "summary.json").is_file()]
+    assert cut, "Ctrl-C came after every run had finished"
+    for s in cut:
+        assert (runs / s / "checkpoint.pt").is_file() and not (runs / s / ".lease.json").exists()
+    r = kaec(*args, "--json")
+    assert r.returncode == 0, r.stderr
+    same_losses({s["matrix_slug"]: s for s in json.loads(r.stdout)}, reference)
+    for s in SLUGS:
+        tries = attempts(runs / s)
+        assert len(tries) == (2 if s in cut else 1)
+        if s in cut and tries[1]["resumed_from"] == 0:
+            pytest.fail(f"{s} started over instead of resuming")
+        check_metrics_complete(runs / s, max_inputs=INPUTS)
+
+
+def test_a_killed_worker_s_run_resumes_in_another(tmp_path, mnist_root, reference):
+    cfg = write_config(tmp_path / "grid.yml", GRID)
+    runs = tmp_path / "runs" / "wgrid"
+    driver = start_kaec("train", "-c", cfg, "--runs-dir", tmp_path / "runs", "--data-root", mnist_root,
+                        "--workers", "2", "--json")
+    try:
+        victim = runs / SLUGS[0]
+        wait_for(lambda: (victim / "checkpoint.pt").is_file() and (victim / ".lease.json").is_file(),
+                 what="a checkpoint")
+        worker = json.loads((victim / ".lease.json").read_text())["pid"]
+        assert worker != driver.pid
+        os.kill(worker, signal.SIGKILL)
+        out, err = driver.communicate(timeout=300)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 0, err
+    same_losses({s["matrix_slug"]: s for s in json.loads(out)}, reference)
+    first, second = attempts(victim)
+    assert first["pid"] == worker and second["pid"] != worker and second["resumed_from"] > 0
+    assert all(len(attempts(runs / s)) == 1 for s in SLUGS[1:])
+
+
+@pytest.mark.parametrize("value", ["0", "lots", "-2"])
+def test_bad_workers_value_is_one_line_exit_2(tmp_path, value):
+    cfg = write_config(tmp_path / "grid.yml", GRID)
+    r = kaec("train", "-c", cfg, "--runs-dir", tmp_path / "runs", "--workers", value)
+    assert r.returncode == 2 and r.stderr.startswith("error: --workers: expected a positive number or 'auto'")
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
+
+
+def test_readiness_script_dry_run(tmp_path):
+    """benchmarks/gpu_check.sh's dry mode: every step's command line, on CPU, without training."""
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+    r = subprocess.run(["bash", str(script), "--dry-run"], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "OUT": str(tmp_path)})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for step in ("== quick start on cpu", "== kaec bench --provider cuda --json", "== CUDA tests",
+                 "== 4-run sweep: --workers 4 --runs-per-gpu 4", "done (dry run)"):
+        assert step in r.stdout
+    assert "exit 2: error: --provider cuda" in r.stdout  # the bench's command line reached its GPU check
+    assert "4 runs of experiments/small-grid.yml" in r.stdout
+    assert json.loads((tmp_path / "gpu_check.json").read_text()) == {}  # no figure is made up on a dry run
+    bad = subprocess.run(["bash", str(script), "--frobnicate"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --frobnicate: unknown option")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU")
+def test_workers_share_a_gpu_cuda(tmp_path, mnist_root, reference):
+    cfg = write_config(tmp_path / "grid.yml", GRID)
+    r = kaec("train", "-c", cfg, "--runs-dir", tmp_path / "runs", "--data-root", mnist_root, "--workers", "4",
+             "--runs-per-gpu", "4", "--device", "cuda", "--json")
+    assert r.returncode == 0, r.stderr
+    summaries = json.loads(r.stdout)
+    assert {s["device"] for s in summaries} == {"cuda:0"} and len(summaries) == 4
+    for s in summaries:  # another device, other kernels: close, not equal
+        assert s["final_val_loss"] == pytest.approx(reference[s["matrix_slug"]]["final_val_loss"], rel=0.05)
+
+
+@pytest.mark.parametrize("resources,message", [
+    ("{cpu: 0}", "train.resources: expected cpu > 0"),
+    ("{cpu: 1, gpu: 1.5}", "gpu a fraction of one GPU or a whole number of GPUs"),
+    ("{cpus: 1}", "train.resources.cpus: unknown key (expected one of: cpu, gpu)"),
+])
+def test_bad_resources_are_one_line_exit_2(tmp_path, resources, message):
+    cfg = write_config(tmp_path / "grid.yml", GRID.replace("  log_every: 320\n", f"  log_every: 320\n  resources: {resources}\n"))
+    r = kaec("train", "-c", cfg, "--runs-dir", tmp_path / "runs", "--dry-run")
+    assert r.returncode == 2 and message in r.stderr and str(cfg) in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
