@@ -379,7 +379,7 @@ def test_a_library_warning_is_one_line_of_ours():
 
 def test_a_photograph_warns_that_it_is_outside_the_models_domain(tmp_path):
     photo().save(tmp_path / "photo.jpg", quality=90)
-    r = kaec("encode", tmp_path / "photo.jpg", "-o", tmp_path / "z.kae", "--json")
+    r = kaec("encode", tmp_path / "photo.jpg", "-o", tmp_path / "z.kae", "--json", "--model", "mnist-kae-dec3")
     assert r.returncode == 0, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"warning: {tmp_path / 'photo.jpg'}: "), r.stderr
