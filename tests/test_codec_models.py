@@ -11,6 +11,7 @@ import yaml
 from PIL import Image
 
 from conftest import kaec
+from test_train import StopAt
 
 CODEC = """
 experiment_name: codec
@@ -160,23 +161,6 @@ def test_bytes_and_psnr_fall_as_lambda_falls(codec_runs):
     for r in rows:  # whole files: a 1-byte header and a 2-byte check around the payload
         assert r["bytes_per_image"] == pytest.approx(r["payload_bytes_per_image"] + 3)
         assert r["payload_bytes_per_image"] >= r["ideal_bytes_per_image"] - 1e-9
-
-
-class StopAt:
-    """A progress listener that raises KeyboardInterrupt once `inputs` have been trained."""
-
-    def __init__(self, inputs: int) -> None:
-        self.inputs = inputs
-
-    def start(self, total, done):
-        pass
-
-    def update(self, inputs, loss, throughput):
-        if inputs >= self.inputs:
-            raise KeyboardInterrupt
-
-    def validated(self, inputs, val_loss):
-        pass
 
 
 def test_codec_runs_resume_to_the_same_numbers(tmp_path, mnist_train, mnist_val):
