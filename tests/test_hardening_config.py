@@ -274,12 +274,15 @@ def test_the_estimate_is_of_the_order_of_what_training_takes(tmp_path, mnist_roo
     assert parameter_count(run.model) == count_parameters(build_model(run)) == 1_257_713
     for r in load_experiment(STUDY).runs[:64]:  # every model shape of the grid
         assert parameter_count(r.model) == count_parameters(build_model(r))
-    code = ("import resource, sys\n"
+    # The child reports its own address space's peak (VmHWM): ru_maxrss survives exec on Linux, so a child
+    # started from a pytest process grown large by earlier tests would report pytest's size instead.
+    code = ("import re\n"
             "from kaecompress.config import load_experiment\n"
             "from kaecompress.train import train_run\n"
             f"run = load_experiment({str(cfg)!r}).runs[0]\n"
             f"train_run(run, {str(tmp_path / 'run')!r}, data_root={str(mnist_root)!r})\n"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)\n")
+            "status = open('/proc/self/status').read()\n"
+            "print(int(re.search(r'VmHWM:\\s*(\\d+) kB', status).group(1)) * 1024)\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     peak = int(p.stdout.split()[-1])
