@@ -7,7 +7,7 @@ import sys
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from kaecompress.cli.progress import console
+from kaecompress.cli.progress import console, plural
 
 
 class WorkersProgress:
@@ -38,7 +38,7 @@ class WorkersProgress:
 
     def _name(self, index: int) -> str:
         cfg = self.selected[index]
-        return f"{cfg.experiment_name}/{cfg.matrix_slug}"
+        return cfg.run_folder
 
     def _line(self, text: str) -> None:
         if self.bars.disable and not self.quiet:
@@ -50,7 +50,7 @@ class WorkersProgress:
             self.done = already
             self.bars.update(self.overall, completed=already)
             if already:
-                self._line(f"{already} run(s) already done")
+                self._line(f"{plural(already, 'run')} already done")
         elif kind == "take":
             self.where[index] = data[0]
             self._line(f"worker {data[0]}: {self._name(index)}")
