@@ -56,8 +56,11 @@ def main() -> None:
     kae_same = [p for p in kae if p["lambda"] in lambdas]
     result = bdrate.bd([p["bytes"] for p in linear], [p["psnr"] for p in linear],
                        [p["bytes"] for p in kae_same], [p["psnr"] for p in kae_same])
+    figures = [f"BD-rate {result['bd_rate']:+.1f}%" if result["bd_rate"] is not None else "no BD-rate",
+               f"BD-PSNR {result['bd_psnr']:+.2f} dB" if result["bd_psnr"] is not None else "no BD-PSNR"]
+    span = result["psnr_range"]
     print(f"KAE decoder against Linear decoder ({len(kae_same)} and {len(linear)} points, {result['method']}): "
-          f"BD-rate {result['bd_rate']}% BD-PSNR {result['bd_psnr']} dB over {result['psnr_range']} dB"
+          + " ".join(figures) + (f" over {span[0]:.2f}-{span[1]:.2f} dB" if span else "")
           + (f" ({result['note']})" if result["note"] else ""))
     if args.json:
         args.json.write_text(json.dumps({"images": len(pixels), "kae": kae, "linear": linear, "bd": result},

@@ -49,7 +49,7 @@ def train(
     from kaecompress.resources import check_memory, parse_size
     from kaecompress.sweep import run_dir, select
 
-    from kaecompress.cli.progress import SweepProgress, console, out, plural, runs_table
+    from kaecompress.cli.progress import SweepProgress, out, plural, runs_table
 
     limit = parse_size(max_memory) if max_memory else None
     if max_memory:  # runs trained in this process check against the same limit

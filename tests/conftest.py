@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -37,6 +38,29 @@ def kaec(*args, cwd=None, env=None, timeout=600):
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "kaecompress.cli.main", *map(str, args)], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+_LAUNCHER = """
+import json, os, subprocess, sys, tempfile, time
+with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+    start = time.monotonic()
+    child = subprocess.Popen(sys.argv[1:], stdout=out, stderr=err)
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.monotonic() - start
+    out.seek(0), err.seek(0)
+    print(json.dumps([child.returncode, out.read(), err.read(), wall, usage.ru_maxrss / 1024]))
+"""
+
+
+def kaec_bounded(*args, cwd=None, env=None, timeout=120):
+    """`kaec ARGS` and what it cost: (CompletedProcess, wall seconds, peak resident MB of that process alone).
+    A small launcher starts it: a child forked straight from pytest would count pytest's memory as its peak."""
+    full_env = {**os.environ, **(env or {})}
+    p = subprocess.run([sys.executable, "-c", _LAUNCHER, sys.executable, "-m", "kaecompress.cli.main",
+                        *map(str, args)], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    code, out, err, wall, peak = json.loads(p.stdout)
+    return subprocess.CompletedProcess(args, code, out, err), wall, peak
 
 
 def write_config(path: Path, text: str) -> Path:

@@ -58,7 +58,6 @@ def test_a_busy_machine_is_detected_and_gets_fewer_threads(monkeypatch):
     import os
     import subprocess
     import sys
-    import time
 
     from kaecompress.bench import MachineLoad, default_threads
 

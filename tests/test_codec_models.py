@@ -1,7 +1,5 @@
 """Rate-trained codec models: the `codec:` section, training for rate, quality families, .kae v2 end to end."""
 
-import dataclasses
-import io
 import shutil
 
 import numpy as np

@@ -10,7 +10,6 @@ import shutil
 import struct
 import subprocess
 import sys
-import time
 import zipfile
 import zlib
 from pathlib import Path
@@ -23,34 +22,16 @@ from kaecompress.codec import Codec
 from kaecompress.containers import MAX_PIXELS, Encoded, to_kae, to_npz
 from kaecompress.zoo import DEFAULT_MODEL, load_model
 
-from conftest import kaec
+from conftest import kaec, kaec_bounded
 
 SECONDS = 5.0
 PEAK_MB = 200  # refused before torch is imported: about 50 MB
 TORCH_PEAK_MB = 900  # refused once a model is loaded: `import torch` alone is about 510 MB resident here
 
 
-_MEASURE = """
-import os, subprocess, sys, time
-start = time.monotonic()
-p = subprocess.Popen(sys.argv[2:], stdout=open(sys.argv[1] + ".out", "w"), stderr=open(sys.argv[1] + ".err", "w"))
-_, status, usage = os.wait4(p.pid, 0)
-print(os.waitstatus_to_exitcode(status), time.monotonic() - start, usage.ru_maxrss / 1024)
-"""
-
-
-def bounded(tmp_path, *args, env=None):
-    """Run `kaec` and return (returncode, stderr, wall seconds, peak resident MB of that process). A small
-    launcher starts it: a child forked straight from pytest would count pytest's own memory as its peak."""
-    where = tmp_path / "bounded"
-    r = subprocess.run([sys.executable, "-c", _MEASURE, where, sys.executable, "-m", "kaecompress.cli.main",
-                        *map(str, args)], env={**os.environ, **(env or {})}, capture_output=True, text=True)
-    code, wall, peak = r.stdout.split()
-    return int(code), Path(f"{where}.err").read_text(), float(wall), float(peak)
-
-
 def assert_refused(result, *needles, peak_mb=PEAK_MB):
-    code, stderr, wall, peak = result
+    r, wall, peak = result
+    code, stderr = r.returncode, r.stderr
     assert code == 2, stderr
     assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr, stderr
     for needle in needles:
@@ -115,7 +96,7 @@ def test_a_safetensors_file_with_a_2_to_the_62_header_length(tmp_path):
     folder = _card_folder(tmp_path, weights_file="evil.safetensors", file_sha256=hashlib.sha256(data).hexdigest())
     (folder / "evil.safetensors").write_bytes(data)
     (tmp_path / "d.png").write_bytes((Path(__file__).parent.parent / "examples" / "mnist-7.png").read_bytes())
-    assert_refused(bounded(tmp_path, "encode", tmp_path / "d.png", "-o", tmp_path / "z.kae", "-m", "evil",
+    assert_refused(kaec_bounded("encode", tmp_path / "d.png", "-o", tmp_path / "z.kae", "-m", "evil",
                            env={"KAEC_TRAINED": str(folder)}), "evil.safetensors: not a readable safetensors file",
                    peak_mb=TORCH_PEAK_MB)
 
@@ -127,7 +108,7 @@ def test_a_card_asking_for_a_huge_model_is_refused_before_building_it(tmp_path):
     folder = _card_folder(tmp_path, config=config, weights_file=f"{DEFAULT_MODEL}.safetensors")
     shutil.copy(_shipped_card().with_suffix(".safetensors"), folder)
     (tmp_path / "d.png").write_bytes((Path(__file__).parent.parent / "examples" / "mnist-7.png").read_bytes())
-    assert_refused(bounded(tmp_path, "encode", tmp_path / "d.png", "-o", tmp_path / "z.kae", "-m", "evil",
+    assert_refused(kaec_bounded("encode", tmp_path / "d.png", "-o", tmp_path / "z.kae", "-m", "evil",
                            env={"KAEC_TRAINED": str(folder)}), "24,781,314,289 parameter values",
                    peak_mb=TORCH_PEAK_MB)
 
@@ -203,7 +184,7 @@ def test_a_107_byte_kae_claiming_rgba_13377x13377_with_resize(tmp_path):
     data = to_kae(Encoded(z, 13377, 13377, "RGBA", "resize", weights_sha256=loaded.weights_sha256))
     assert len(data) == 107
     (tmp_path / "big.kae").write_bytes(data)
-    assert_refused(bounded(tmp_path, "decode", tmp_path / "big.kae", "-o", tmp_path / "big.png"),
+    assert_refused(kaec_bounded("decode", tmp_path / "big.kae", "-o", tmp_path / "big.png"),
                    "image size 13377x13377 (178,944,129 pixels) is over the 40,000,000-pixel limit (--max-pixels)")
     assert not (tmp_path / "big.png").exists()
     r = kaec("decode", tmp_path / "big.kae", "-o", tmp_path / "big.png", "--max-pixels", "100")
@@ -239,12 +220,12 @@ def test_an_npz_whose_header_claims_2_3_tib(tmp_path, mnist_val):
                                              "shape": (4, 1, 1, 158_329_674_399)})  # 2.3 TiB of float32
     members["latents.npy"] = header.getvalue() + b"\0" * 64
     (tmp_path / "huge.npz").write_bytes(_npz(members))
-    assert_refused(bounded(tmp_path, "decode", tmp_path / "huge.npz", "-o", tmp_path / "o.png"),
+    assert_refused(kaec_bounded("decode", tmp_path / "huge.npz", "-o", tmp_path / "o.png"),
                    "huge.npz: member latents: header claims an array of shape (4, 1, 1, 158329674399)")
     members = _digit_npz(mnist_val)
     members["width"] = members.pop("width.npy")  # a key missing: named
     (tmp_path / "missing.npz").write_bytes(_npz(members))
-    assert_refused(bounded(tmp_path, "decode", tmp_path / "missing.npz", "-o", tmp_path / "o.png"),
+    assert_refused(kaec_bounded("decode", tmp_path / "missing.npz", "-o", tmp_path / "o.png"),
                    "missing.npz: .npz without width")
 
 
@@ -254,7 +235,7 @@ def test_an_npy_whose_header_claims_more_than_the_file(tmp_path):
     with open(tmp_path / "huge.npy", "wb") as f:
         npformat.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (4, 100000, 100000, 16)})
         f.write(b"\0" * 64)
-    assert_refused(bounded(tmp_path, "decode", tmp_path / "huge.npy", "-o", tmp_path / "o.png"),
+    assert_refused(kaec_bounded("decode", tmp_path / "huge.npy", "-o", tmp_path / "o.png"),
                    "huge.npy: header claims an array of shape (4, 100000, 100000, 16)")
 
 
@@ -275,7 +256,7 @@ def test_a_zip_bomb_npz_is_refused_before_inflating(tmp_path, mnist_val):
                 f.write(chunk)
     (tmp_path / "bomb.npz").write_bytes(bomb.getvalue())
     assert (tmp_path / "bomb.npz").stat().st_size < 1_000_000
-    assert_refused(bounded(tmp_path, "decode", tmp_path / "bomb.npz", "-o", tmp_path / "o.png"),
+    assert_refused(kaec_bounded("decode", tmp_path / "bomb.npz", "-o", tmp_path / "o.png"),
                    "bomb.npz: member latents inflates to 268,435,584 bytes")
 
 
@@ -311,7 +292,7 @@ def test_image_headers_claiming_4_gigapixels(tmp_path, kind):
     make = {"png": _png_header_only, "jpg": _jpeg_claiming, "gif": _gif_claiming}[kind]
     (tmp_path / f"bomb.{kind}").write_bytes(make(65535, 65535))
     assert 65535 * 65535 >= 4e9
-    assert_refused(bounded(tmp_path, "encode", tmp_path / f"bomb.{kind}", "-o", tmp_path / "z.kae"),
+    assert_refused(kaec_bounded("encode", tmp_path / f"bomb.{kind}", "-o", tmp_path / "z.kae"),
                    f"bomb.{kind}: image size 65535x65535 (4,294,836,225 pixels) is over the 40,000,000-pixel limit")
     assert not (tmp_path / "z.kae").exists()
 
@@ -319,7 +300,7 @@ def test_image_headers_claiming_4_gigapixels(tmp_path, kind):
 def test_a_real_90_megapixel_png(tmp_path):
     Image.new("L", (9487, 9487)).save(tmp_path / "big.png", optimize=True)
     assert (tmp_path / "big.png").stat().st_size < 150_000
-    assert_refused(bounded(tmp_path, "encode", tmp_path / "big.png", "-o", tmp_path / "z.kae"),
+    assert_refused(kaec_bounded("encode", tmp_path / "big.png", "-o", tmp_path / "z.kae"),
                    "big.png: image size 9487x9487 (90,003,169 pixels) is over the 40,000,000-pixel limit")
 
 

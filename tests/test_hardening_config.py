@@ -16,30 +16,15 @@ from kaecompress import KaecError, runs
 from kaecompress.config import MAX_RUNS, MAX_YAML_NODES, build_run, expand, load_experiment
 from kaecompress.sweep import run_dir
 
-from conftest import TINY, kaec, write_config
+from conftest import TINY, kaec, kaec_bounded, write_config
 
 STUDY = Path("tests/data/study-cnn-kae-01.yml")
 # The bounds the issue sets for refusals: start-up and `import torch` included.
 WALL_S, RSS_MB = 5.0, 400
 
 
-def kaec_measured(*args, cwd=None):
-    """`kaec ARGS` in a fresh parent whose only child it is: (CompletedProcess, wall seconds, peak RSS MB)."""
-    probe = ("import json, resource, subprocess, sys, time\n"
-             "t = time.perf_counter()\n"
-             "r = subprocess.run([sys.executable, '-m', 'kaecompress.cli.main', *sys.argv[1:]], capture_output=True,"
-             " text=True)\n"
-             "wall = time.perf_counter() - t\n"
-             "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024\n"
-             "print(json.dumps([r.returncode, r.stdout, r.stderr, wall, rss]))\n")
-    p = subprocess.run([sys.executable, "-c", probe, *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                       timeout=120)
-    code, out, err, wall, rss = json.loads(p.stdout)
-    return subprocess.CompletedProcess(args, code, out, err), wall, rss
-
-
 def assert_refused_fast(args, message, cwd=None):
-    r, wall, rss = kaec_measured(*args, cwd=cwd)
+    r, wall, rss = kaec_bounded(*args, cwd=cwd)
     assert r.returncode == 2, r.stderr
     assert message in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr

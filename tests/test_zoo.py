@@ -63,3 +63,33 @@ def test_weights_are_safetensors_not_pickles():
     for card in cards().values():
         tensors = load_file(str(trained_dir() / card["weights_file"]))
         assert all(isinstance(t, torch.Tensor) for t in tensors.values())
+
+
+def test_the_shipped_codec_families_span_their_qualities_within_the_size_budget():
+    from kaecompress.zoo import codec_model, families, trained_dir
+
+    found = cards()
+    fams = families()
+    assert {"mnist", "fashion-mnist"} <= set(fams)
+    for dataset, members in fams.items():
+        assert len(members) >= 5
+        coded = [found[n]["codec_metrics"] for n in members]
+        assert [found[n]["quality"] for n in members] == list(range(1, len(members) + 1))
+        sizes, psnrs = [c["bytes_per_image"] for c in coded], [c["psnr"] for c in coded]
+        assert sizes == sorted(sizes) and psnrs == sorted(psnrs)  # a higher level: more bytes, more quality
+        assert all(c["codec_images"] == 10_000 and c["split"] == "test" for c in coded)
+        assert len({found[n]["codec_id"] for n in members}) == len(members)
+        for n in members:  # the recipe named on the card trains this very model
+            with open(found[n]["recipe"]) as f:
+                recipe = yaml.safe_load(f)
+            assert recipe["data"]["dataset"] == dataset
+            assert found[n]["lambda"] in recipe["matrix"]["lambda"]
+            model = found[n]["config"]["model"]
+            assert all(model[k] == v for k, v in recipe["model"].items() if k != "decoder_kae_order"), n
+            assert model["decoder_kae_order"] in recipe["matrix"]["dec"]
+    mnist = [found[n]["codec_metrics"] for n in fams["mnist"]]
+    default = found[codec_model("mnist")]["codec_metrics"]
+    assert default["psnr"] >= found[DEFAULT_MODEL]["metrics"]["psnr_db"] and default["bytes_per_image"] <= 10
+    assert max(c["psnr"] for c in mnist) >= 28
+    total = sum(p.stat().st_size for p in trained_dir().iterdir() if p.is_file())
+    assert total < 60e6  # every model ships in git
