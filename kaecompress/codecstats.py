@@ -26,8 +26,8 @@ def to_pixels(images: torch.Tensor | np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def measure(model, images: torch.Tensor, batch_size: int = 1000) -> dict:
     """Code every image (one model-sized tile each) into the `.kae` file a shipped codec model writes;
-    return the mean whole-file and payload (coded latents alone) bytes, the ideal information content and the mean PSNR of the
-    decoded 8-bit pixels. `model.prior` must have its integer tables (`freeze()`)."""
+    return the mean whole-file and payload (coded latents alone) bytes, the ideal information content and
+    the mean PSNR of the decoded 8-bit pixels. `model.prior` must have its integer tables (`freeze()`)."""
     from kaecompress import bitstream, rangecoder
     from kaecompress.zoo import weights_sha256
 

@@ -79,7 +79,6 @@ class RayCluster:
         self.max_retries, self.poll_s = max_retries, poll_s
 
     def __call__(self, jobs: list[Job], *, total: int, data_root=None, device=None) -> dict[int, Outcome]:
-
         import contextlib
         import sys
 

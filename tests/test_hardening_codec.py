@@ -97,7 +97,7 @@ def test_a_safetensors_file_with_a_2_to_the_62_header_length(tmp_path):
     (folder / "evil.safetensors").write_bytes(data)
     (tmp_path / "d.png").write_bytes((Path(__file__).parent.parent / "examples" / "mnist-7.png").read_bytes())
     assert_refused(kaec_bounded("encode", tmp_path / "d.png", "-o", tmp_path / "z.kae", "-m", "evil",
-                           env={"KAEC_TRAINED": str(folder)}), "evil.safetensors: not a readable safetensors file",
+                                env={"KAEC_TRAINED": str(folder)}), "evil.safetensors: not a readable safetensors file",
                    peak_mb=TORCH_PEAK_MB)
 
 
@@ -109,7 +109,7 @@ def test_a_card_asking_for_a_huge_model_is_refused_before_building_it(tmp_path):
     shutil.copy(_shipped_card().with_suffix(".safetensors"), folder)
     (tmp_path / "d.png").write_bytes((Path(__file__).parent.parent / "examples" / "mnist-7.png").read_bytes())
     assert_refused(kaec_bounded("encode", tmp_path / "d.png", "-o", tmp_path / "z.kae", "-m", "evil",
-                           env={"KAEC_TRAINED": str(folder)}), "24,781,314,289 parameter values",
+                                env={"KAEC_TRAINED": str(folder)}), "24,781,314,289 parameter values",
                    peak_mb=TORCH_PEAK_MB)
 
 
