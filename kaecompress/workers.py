@@ -150,6 +150,7 @@ class LocalWorkers:
         pending = deque(jobs)
         tries: dict[int, int] = {}
         results: dict[int, Outcome] = {}
+        cut: set[int] = set()  # runs whose worker stopped on a Ctrl-C
         by_index = {j.index: j for j in jobs}
         self.on_event("begin", -1, total, total - len(jobs))
 
@@ -180,6 +181,7 @@ class LocalWorkers:
                 hand_out(slot)
             elif kind == "interrupted":
                 running.pop(ev[2], None)
+                cut.add(index)
             elif kind == "error":
                 running.pop(ev[2], None)
                 raise KaecError(ev[3])
@@ -217,6 +219,8 @@ class LocalWorkers:
                 except queue.Empty:
                     reap()
                     if not procs and len(results) < len(jobs):
+                        if cut:  # the workers took a Ctrl-C the driver did not see (it ignores SIGINT)
+                            raise KeyboardInterrupt
                         missing = [by_index[i].cfg.matrix_slug for i in by_index if i not in results]
                         raise KaecError(f"every worker exited with runs left: {', '.join(missing)}")
         except BaseException:

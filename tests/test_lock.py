@@ -36,17 +36,13 @@ train:
 """
 
 
-def _sigint_as_in_a_terminal() -> None:
-    # A shell without job control starts background commands with SIGINT ignored (`pytest ... &` in a
-    # script), and Python then keeps ignoring it: Ctrl-C tests need the disposition a terminal gives.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def start_kaec(*args, env=None) -> subprocess.Popen:
-    """`kaec` in its own session, so that a kill of its group never reaches pytest."""
+def start_kaec(*args, env=None, sigint=signal.SIG_DFL) -> subprocess.Popen:
+    """`kaec` in its own session, so that a kill of its group never reaches pytest. SIGINT is as a terminal
+    leaves it (a shell without job control starts background commands with it ignored: `pytest ... &` in a
+    script), unless `sigint=signal.SIG_IGN` asks for such a start."""
     return subprocess.Popen([sys.executable, "-m", "kaecompress.cli.main", *map(str, args)],
                             env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True, preexec_fn=_sigint_as_in_a_terminal)
+                            text=True, start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
 
 
 def wait_for(predicate, timeout=120.0, what="condition"):

@@ -103,6 +103,26 @@ def test_ctrl_c_then_rerun_loses_nothing_and_trains_nothing_twice(tmp_path, mnis
         check_metrics_complete(runs / s, max_inputs=INPUTS)
 
 
+def test_a_driver_started_with_sigint_ignored_still_reports_the_interruption(tmp_path, mnist_root):
+    """A sweep started in the background by a script: its driver ignores SIGINT, its workers' training does
+    not. A Ctrl-C to the group stops the workers at a batch boundary; the driver says interrupted (130)."""
+    cfg = write_config(tmp_path / "grid.yml", GRID)
+    runs = tmp_path / "runs" / "wgrid"
+    driver = start_kaec("train", "-c", cfg, "--runs-dir", tmp_path / "runs", "--data-root", mnist_root,
+                        "--workers", "2", sigint=signal.SIG_IGN)
+    try:
+        wait_for(lambda: sum((runs / s / "checkpoint.pt").is_file() for s in SLUGS) >= 2, what="two checkpoints")
+        os.killpg(driver.pid, signal.SIGINT)
+        _, err = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("error: interrupted") and "Traceback" not in err
+    cut = [s for s in SLUGS if (runs / s / "attempts.jsonl").is_file() and not (runs / s / "summary.json").is_file()]
+    assert cut and all((runs / s / "checkpoint.pt").is_file() for s in cut)
+
+
 def test_a_killed_worker_s_run_resumes_in_another(tmp_path, mnist_root, reference):
     cfg = write_config(tmp_path / "grid.yml", GRID)
     runs = tmp_path / "runs" / "wgrid"
