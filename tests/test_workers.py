@@ -73,20 +73,26 @@ def test_two_workers_train_every_run_once_with_the_same_losses(tmp_path, mnist_r
     assert all(len(attempts(tmp_path / "runs" / "wgrid" / slug)) == 1 for slug in SLUGS)
 
 
-def test_ctrl_c_then_rerun_loses_nothing_and_trains_nothing_twice(tmp_path, mnist_root, reference):
-    cfg = write_config(tmp_path / "grid.yml", GRID)
-    runs = tmp_path / "runs" / "wgrid"
-    args = ("train", "-c", cfg, "--runs-dir", tmp_path / "runs", "--data-root", mnist_root, "--workers", "2")
-    driver = start_kaec(*args)
+def ctrl_c_after_two_checkpoints(args, runs, sigint=signal.SIG_DFL) -> None:
+    """Start `kaec ARGS`, then do what a terminal's Ctrl-C does (SIGINT to the driver and its workers) once
+    two runs have checkpoints; the command must say it was interrupted and exit 130."""
+    driver = start_kaec(*args, sigint=sigint)
     try:
         wait_for(lambda: sum((runs / s / "checkpoint.pt").is_file() for s in SLUGS) >= 2, what="two checkpoints")
-        os.killpg(driver.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the driver and its workers
+        os.killpg(driver.pid, signal.SIGINT)
         _, err = driver.communicate(timeout=120)
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
     assert driver.returncode == 130, err
     assert err.strip().splitlines()[-1].startswith("error: interrupted") and "Traceback" not in err
+
+
+def test_ctrl_c_then_rerun_loses_nothing_and_trains_nothing_twice(tmp_path, mnist_root, reference):
+    cfg = write_config(tmp_path / "grid.yml", GRID)
+    runs = tmp_path / "runs" / "wgrid"
+    args = ("train", "-c", cfg, "--runs-dir", tmp_path / "runs", "--data-root", mnist_root, "--workers", "2")
+    ctrl_c_after_two_checkpoints(args, runs)
     started = [s for s in SLUGS if (runs / s / "attempts.jsonl").is_file()]
     cut = [s for s in started if not (runs / s / "summary.json").is_file()]
     assert cut, "Ctrl-C came after every run had finished"
@@ -108,17 +114,8 @@ def test_a_driver_started_with_sigint_ignored_still_reports_the_interruption(tmp
     not. A Ctrl-C to the group stops the workers at a batch boundary; the driver says interrupted (130)."""
     cfg = write_config(tmp_path / "grid.yml", GRID)
     runs = tmp_path / "runs" / "wgrid"
-    driver = start_kaec("train", "-c", cfg, "--runs-dir", tmp_path / "runs", "--data-root", mnist_root,
-                        "--workers", "2", sigint=signal.SIG_IGN)
-    try:
-        wait_for(lambda: sum((runs / s / "checkpoint.pt").is_file() for s in SLUGS) >= 2, what="two checkpoints")
-        os.killpg(driver.pid, signal.SIGINT)
-        _, err = driver.communicate(timeout=120)
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-    assert driver.returncode == 130, err
-    assert err.strip().splitlines()[-1].startswith("error: interrupted") and "Traceback" not in err
+    ctrl_c_after_two_checkpoints(("train", "-c", cfg, "--runs-dir", tmp_path / "runs", "--data-root", mnist_root,
+                                  "--workers", "2"), runs, sigint=signal.SIG_IGN)
     cut = [s for s in SLUGS if (runs / s / "attempts.jsonl").is_file() and not (runs / s / "summary.json").is_file()]
     assert cut and all((runs / s / "checkpoint.pt").is_file() for s in cut)
 
