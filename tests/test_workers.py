@@ -73,9 +73,10 @@ def test_two_workers_train_every_run_once_with_the_same_losses(tmp_path, mnist_r
     assert all(len(attempts(tmp_path / "runs" / "wgrid" / slug)) == 1 for slug in SLUGS)
 
 
-def ctrl_c_after_two_checkpoints(args, runs, sigint=signal.SIG_DFL) -> None:
+def ctrl_c_after_two_checkpoints(args, runs, sigint=signal.SIG_DFL) -> list[str]:
     """Start `kaec ARGS`, then do what a terminal's Ctrl-C does (SIGINT to the driver and its workers) once
-    two runs have checkpoints; the command must say it was interrupted and exit 130."""
+    two runs have checkpoints; the command must say it was interrupted and exit 130, and every run it cut
+    short keep a checkpoint and no lease. Returns those runs' slugs."""
     driver = start_kaec(*args, sigint=sigint)
     try:
         wait_for(lambda: sum((runs / s / "checkpoint.pt").is_file() for s in SLUGS) >= 2, what="two checkpoints")
@@ -86,18 +87,19 @@ def ctrl_c_after_two_checkpoints(args, runs, sigint=signal.SIG_DFL) -> None:
             os.killpg(driver.pid, signal.SIGKILL)
     assert driver.returncode == 130, err
     assert err.strip().splitlines()[-1].startswith("error: interrupted") and "Traceback" not in err
+    started = [s for s in SLUGS if (runs / s / "attempts.jsonl").is_file()]
+    cut = [s for s in started if not (runs / s / "summary.json").is_file()]
+    assert cut, "Ctrl-C came after every run had finished"
+    for s in cut:
+        assert (runs / s / "checkpoint.pt").is_file() and not (runs / s / ".lease.json").exists()
+    return cut
 
 
 def test_ctrl_c_then_rerun_loses_nothing_and_trains_nothing_twice(tmp_path, mnist_root, reference):
     cfg = write_config(tmp_path / "grid.yml", GRID)
     runs = tmp_path / "runs" / "wgrid"
     args = ("train", "-c", cfg, "--runs-dir", tmp_path / "runs", "--data-root", mnist_root, "--workers", "2")
-    ctrl_c_after_two_checkpoints(args, runs)
-    started = [s for s in SLUGS if (runs / s / "attempts.jsonl").is_file()]
-    cut = [s for s in started if not (runs / s / "summary.json").is_file()]
-    assert cut, "Ctrl-C came after every run had finished"
-    for s in cut:
-        assert (runs / s / "checkpoint.pt").is_file() and not (runs / s / ".lease.json").exists()
+    cut = ctrl_c_after_two_checkpoints(args, runs)
     r = kaec(*args, "--json")
     assert r.returncode == 0, r.stderr
     same_losses({s["matrix_slug"]: s for s in json.loads(r.stdout)}, reference)
@@ -116,8 +118,6 @@ def test_a_driver_started_with_sigint_ignored_still_reports_the_interruption(tmp
     runs = tmp_path / "runs" / "wgrid"
     ctrl_c_after_two_checkpoints(("train", "-c", cfg, "--runs-dir", tmp_path / "runs", "--data-root", mnist_root,
                                   "--workers", "2"), runs, sigint=signal.SIG_IGN)
-    cut = [s for s in SLUGS if (runs / s / "attempts.jsonl").is_file() and not (runs / s / "summary.json").is_file()]
-    assert cut and all((runs / s / "checkpoint.pt").is_file() for s in cut)
 
 
 def test_a_killed_worker_s_run_resumes_in_another(tmp_path, mnist_root, reference):
