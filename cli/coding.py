@@ -212,7 +212,12 @@ def _model_of(path: Path) -> str | None:
         from kaecompress.zoo import by_codec_id
 
         header = bitstream.parse_header(path.read_bytes(), str(path))
-        return by_codec_id(header.codec_id) if header.codec_id is not None else find_by_hash(header.model_id)
+        found = by_codec_id(header.codec_id) if header.codec_id is not None else find_by_hash(header.model_id)
+        if found is None:  # v2 files only decode with their own model: say so rather than try the default
+            made = f"codec id {header.codec_id}" if header.codec_id is not None else f"id {header.model_id}"
+            raise KaecError(f"{path}: made with a model that is not shipped here ({made}); pass --model with the "
+                            "run folder or checkpoint that encoded it")
+        return found
     if path.suffix.lower() == ".kae":  # a damaged .kae is reported as such, before any model is loaded
         return find_by_hash(from_kae(path.read_bytes(), str(path))[0].weights_sha256)
     if path.suffix.lower() == ".npz":
@@ -260,16 +265,23 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print the model c
     from kaecompress.cli.progress import out, runs_table
 
     default = default_model()
+    folder = trained_dir()
+
+    def weights(card: dict) -> str:
+        path = folder / card["weights_file"]
+        size = f"{path.stat().st_size / 1e6:.1f} MB" if path.is_file() else "missing"
+        return size + (" f16" if card.get("weights_dtype") == "float16" else "")
+
     rows = [{"name": n + (" (default)" if n == default else ""), "dataset": c["dataset"],
              "family": f"{c['family']} q{c['quality']}" if c.get("family") else "",
              "bytes/image": f"{c['codec_metrics']['bytes_per_image']:.2f}" if "codec_metrics" in c else "",
              "val MSE": f"{c['metrics']['mse']:.6f}",
              "PSNR dB": f"{c['codec_metrics']['psnr'] if 'codec_metrics' in c else c['metrics']['psnr_db']:.2f}",
-             "params": f"{c['params']:,}", "ratio": f"{c['compression_ratio']:g}",
+             "params": f"{c['params']:,}", "weights": weights(c), "ratio": f"{c['compression_ratio']:g}",
              "enc/dec KAE": f"{c['config']['model']['encoder_kae_order']}/{c['config']['model']['decoder_kae_order']}",
              "recipe": c.get("recipe") or ""} for n, c in found.items()]
     out.print(runs_table(rows, ["name", "dataset", "family", "enc/dec KAE", "bytes/image", "PSNR dB", "val MSE",
-                                "params", "recipe"], title="trained models"))
+                                "params", "weights", "recipe"], title="trained models"))
 
 
 def promote(
@@ -283,12 +295,14 @@ def promote(
                                          "(mnist, fashion-mnist)."),
     quality: Optional[int] = typer.Option(None, "--quality", min=1, help="Codec models: its quality level in "
                                           "the family (1 = smallest files)."),
+    float16: bool = typer.Option(False, "--float16", help="Store the weights as float16: half the size; they "
+                                 "load as float32 and the card measures them as stored."),
 ) -> None:
     """Ship a finished run as a trained model: safetensors weights and a model card with its metrics."""
     from kaecompress.zoo import promote as promote_run
 
     card = promote_run(run, name, dest=dest, recipe=recipe, data_root=data_root, force=force, family=family,
-                       quality=quality)
+                       quality=quality, float16=float16)
     print(card)
 
 

@@ -346,21 +346,24 @@ def _shortest_in_interval(enc) -> bytes | None:
     position, (lower, width) = enc.pos()
     if lower > _LAST_LOWER:
         return None
-    head = 0
-    if position:
-        for word in enc.get_compressed()[:position].tolist():
-            head = head << 32 | word
-    total = 32 * position + 64
-    lo = head << 64 | lower
-    hi = lo + width
-    n = max(0, (total - width.bit_length()) // 8)
-    while n <= total // 8:
-        shift = total - 8 * n
-        value = -(-lo >> shift)  # the smallest n-byte value at or above lo
-        if value << shift < hi:
-            return value.to_bytes(n, "big")
-        n += 1
-    return None
+    if position == 0:
+        lo = lower
+    elif position == 1:  # the common case for a digit: one word, then the state
+        lo = int(enc.get_compressed()[0]) << 64 | lower
+    else:
+        lo = int.from_bytes(enc.get_compressed()[:position].astype(">u4").tobytes(), "big") << 64 | lower
+    return _shortest_bytes(lo, width, 32 * position + 64)
+
+
+def _shortest_bytes(lo: int, width: int, total: int) -> bytes:
+    """The fewest bytes whose value, read as the top of a `total`-bit number, lies in [lo, lo + width).
+    Rounding lo up to a multiple of 2**s stays below lo + width for every s up to the larger of: the highest
+    bit where lo and lo + width - 1 differ, less one, and lo's trailing zeros; the bytes keep the bits above."""
+    if not lo:
+        return b""
+    free = max((lo ^ (lo + width - 1)).bit_length(), (lo & -lo).bit_length()) - 1
+    n = (total - free + 7) >> 3
+    return (-(-lo >> (total - 8 * n))).to_bytes(n, "big")
 
 
 _LAST_LOWER = 2**64 - 2**32  # beyond it, lower + 2**32 - 1 (sealing's point) wraps past 2**64

@@ -254,9 +254,12 @@ def find_by_hash(prefix: str) -> str | None:
 
 def promote(run_dir: str | Path, name: str, *, dest: Path | None = None, recipe: str | None = None,
             data_root: str | Path | None = None, force: bool = False, family: str | None = None,
-            quality: int | None = None) -> Path:
+            quality: int | None = None, float16: bool = False) -> Path:
     """Ship a finished run as a trained model: NAME.safetensors and a NAME.json card with its metrics on
-    the full validation split. Returns the card's path."""
+    the full validation split. Returns the card's path.
+
+    `float16` stores the float weights at half the size. They load back as float32 and the model computes
+    in float32, so the card's metrics and identity are those of the rounded weights, as shipped."""
     import re
     from datetime import datetime, timezone
 
@@ -275,9 +278,17 @@ def promote(run_dir: str | Path, name: str, *, dest: Path | None = None, recipe:
         raise KaecError(f"{card_path}: already exists (use --force to replace it)")
     loaded = load_run(run_dir)
     summary = runs.read_json(Path(run_dir) / runs.SUMMARY) or {}
+    state = {k: v.contiguous() for k, v in loaded.model.state_dict().items()}
+    if float16:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+        wide = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
+        if wide:
+            raise KaecError(f"{run_dir}: --float16: {wide[0]} holds values beyond float16's range (65504)")
+        loaded.model.load_state_dict(state)  # copies into the float32 parameters: what a loader gets
+        loaded.weights_sha256 = weights_sha256(loaded.model)
+    weights = save(state)
     images = load_images(loaded.dataset, False, data_root, loaded.model.shape)
     recon = reconstruction_metrics(loaded.model, images)
-    weights = save({k: v.contiguous() for k, v in loaded.model.state_dict().items()})
     runs.atomic_write_bytes(dest / f"{name}.safetensors", weights)
     card = {
         "name": name,
@@ -292,6 +303,7 @@ def promote(run_dir: str | Path, name: str, *, dest: Path | None = None, recipe:
         "latent_dim": loaded.model.latent_dim,
         "input_shape": list(loaded.model.shape),
         "weights_file": f"{name}.safetensors",
+        "weights_dtype": "float16" if float16 else "float32",
         "file_sha256": hashlib.sha256(weights).hexdigest(),
         "weights_sha256": loaded.weights_sha256,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

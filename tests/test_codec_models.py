@@ -267,12 +267,72 @@ def test_wrong_model_and_mixed_options_are_refused(codec_env, tmp_path, mnist_va
         assert not (tmp_path / f"{name}.png").exists()
 
 
+def test_a_file_of_a_run_folder_model_asks_for_that_model(env, codec_runs, tmp_path, mnist_val):
+    """A codec run that is not shipped (here: only the plain tiny models are) writes files named by its
+    weights hash; decoding one without --model says which model is missing instead of trying the default,
+    and with --model it round-trips."""
+    codec_env = env
+    home, _ = codec_runs
+    run = home / "l0.001"
+    src = digit_png(tmp_path / "d.png", mnist_val[1])
+    assert kaec("encode", src, "-o", tmp_path / "d.kae", "--model", run, env=codec_env).returncode == 0
+    r = kaec("decode", tmp_path / "d.kae", "-o", tmp_path / "x.png", env=codec_env)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "not shipped here (id " in r.stderr and "pass --model" in r.stderr and not (tmp_path / "x.png").exists()
+    r = kaec("decode", tmp_path / "d.kae", "-o", tmp_path / "x.png", "--model", run, env=codec_env)
+    assert r.returncode == 0 and (tmp_path / "x.png").exists(), r.stderr
+
+
 def test_plain_models_keep_writing_version_1(codec_env, tmp_path, mnist_val):
     src = digit_png(tmp_path / "d.png", mnist_val[0])
     assert kaec("encode", src, "-o", tmp_path / "v1.kae", "--model", "tiny-a", env=codec_env).returncode == 0
     assert (tmp_path / "v1.kae").read_bytes()[:4] == b"KAEC"
     r = kaec("decode", tmp_path / "v1.kae", "-o", tmp_path / "v1.png", env=codec_env)
     assert r.returncode == 0, r.stderr
+
+
+def test_float16_weights_ship_at_half_size_and_load_as_stored(codec_runs, codec_zoo, tmp_path, mnist_root,
+                                                             mnist_val):
+    """--float16 halves the file; the model loads the rounded weights as float32, its card measures those
+    weights and names them, and its files round-trip bit-exact, at the float32 model's bytes and PSNR."""
+    from kaecompress.codec import Codec
+    from kaecompress.codecstats import measure
+    from kaecompress.data import load_images
+    from kaecompress.zoo import load_run, load_trained
+
+    home, _ = codec_runs
+    dest = tmp_path / "trained"
+    dest.mkdir()
+    r = kaec("promote", home / "l0.001", "--name", "mnist-q3", "--family", "mnist", "--quality", "3", "--dest",
+             dest, "--data-root", mnist_root, "--recipe", "tests", "--float16")
+    assert r.returncode == 0, r.stderr
+    half, full = dest / "mnist-q3.safetensors", codec_zoo / "mnist-q3.safetensors"
+    assert half.stat().st_size < 0.55 * full.stat().st_size
+    shipped, run = load_trained("mnist-q3", dest), load_run(home / "l0.001")
+    card = shipped.card
+    assert card["weights_dtype"] == "float16" and load_trained("mnist-q3", codec_zoo).card["weights_dtype"] == "float32"
+    for (name, a), b in zip(shipped.model.state_dict().items(), run.model.state_dict().values()):
+        assert a.dtype == b.dtype, name  # loaded back at the precision it computes in
+        assert torch.equal(a, b.half().to(b.dtype) if b.is_floating_point() else b), name
+    assert shipped.weights_sha256 != run.weights_sha256
+    images = load_images("mnist", False, mnist_root, (1, 28, 28))
+    assert card["codec_metrics"] == {"split": "test", **measure(shipped.model, images)}
+    fp32 = load_trained("mnist-q3", codec_zoo).card["codec_metrics"]
+    assert abs(card["codec_metrics"]["psnr"] - fp32["psnr"]) < 0.02
+    assert abs(card["codec_metrics"]["bytes_per_image"] / fp32["bytes_per_image"] - 1) < 0.01
+    codec = Codec(shipped)
+    digit = Image.fromarray((mnist_val[5][0].numpy() * 255).round().astype(np.uint8), "L")
+    enc = codec.compress(digit)
+    assert np.array_equal(codec.from_kae(codec.to_kae(enc), "x").latents, enc.latents)
+
+    wide = tmp_path / "wide-run"
+    shutil.copytree(home / "l0.001", wide)
+    ckpt = torch.load(wide / "checkpoint.pt", weights_only=True)
+    next(v for v in ckpt["model"].values() if v.is_floating_point()).view(-1)[0] = 1e5
+    torch.save(ckpt, wide / "checkpoint.pt")
+    r = kaec("promote", wide, "--name", "wide", "--dest", dest, "--data-root", mnist_root, "--float16")
+    assert r.returncode == 2 and "beyond float16's range" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert not list(dest.glob("wide*"))
 
 
 # ---- golden files of the shipped codec models -----------------------------------------------------------

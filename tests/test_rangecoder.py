@@ -206,6 +206,34 @@ def test_payload_is_the_shortest_byte_string_not_padded_to_words():
     assert ours < words_bytes - 300  # over a byte a file saved on the 4-byte words
 
 
+def test_the_shortest_bytes_in_an_interval_match_trying_every_length():
+    """The closed form that picks a file's last bytes against trying 0, 1, 2, ... bytes in turn, over random
+    intervals and the edges (width 1, lo a multiple of a power of two, intervals ending at the top)."""
+    import random
+
+    from kaecompress.rangecoder import _shortest_bytes
+
+    def by_trying(lo, width, total):
+        for n in range(total // 8 + 1):
+            shift = total - 8 * n
+            value = -(-lo >> shift)
+            if value << shift < lo + width:
+                return value.to_bytes(n, "big")
+
+    rnd = random.Random(12)
+    cases = [(0, 1, 64), (1, 1, 64), (2**63, 1, 64), (2**64 - 1, 1, 64), (2**64 - 5, 5, 64), (255, 2, 96)]
+    for _ in range(100_000):
+        total = rnd.choice((64, 96, 128, 160))
+        width = rnd.randint(1, 2 ** rnd.randint(1, 64))
+        lo = rnd.randint(0, 2**total - width)
+        if rnd.random() < 0.3:  # many trailing zeros
+            lo = lo >> rnd.randint(0, total) << rnd.randint(0, 24) & (2**total - 1)
+            lo = min(lo, 2**total - width)
+        cases.append((lo, width, total))
+    for lo, width, total in cases:
+        assert _shortest_bytes(lo, width, total) == by_trying(lo, width, total), (lo, width, total)
+
+
 def test_the_search_fallback_finds_the_same_bytes(monkeypatch):
     """Where the coder's final interval cannot be read, encode searches by decoding; same result."""
     from kaecompress import rangecoder
