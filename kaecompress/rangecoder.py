@@ -346,12 +346,8 @@ def _shortest_in_interval(enc) -> bytes | None:
     position, (lower, width) = enc.pos()
     if lower > _LAST_LOWER:
         return None
-    if position == 0:
-        lo = lower
-    elif position == 1:  # the common case for a digit: one word, then the state
-        lo = int(enc.get_compressed()[0]) << 64 | lower
-    else:
-        lo = int.from_bytes(enc.get_compressed()[:position].astype(">u4").tobytes(), "big") << 64 | lower
+    head = enc.get_compressed()[:position].astype(">u4").tobytes() if position else b""
+    lo = int.from_bytes(head, "big") << 64 | lower
     return _shortest_bytes(lo, width, 32 * position + 64)
 
 

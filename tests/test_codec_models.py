@@ -271,15 +271,14 @@ def test_a_file_of_a_run_folder_model_asks_for_that_model(env, codec_runs, tmp_p
     """A codec run that is not shipped (here: only the plain tiny models are) writes files named by its
     weights hash; decoding one without --model says which model is missing instead of trying the default,
     and with --model it round-trips."""
-    codec_env = env
     home, _ = codec_runs
     run = home / "l0.001"
     src = digit_png(tmp_path / "d.png", mnist_val[1])
-    assert kaec("encode", src, "-o", tmp_path / "d.kae", "--model", run, env=codec_env).returncode == 0
-    r = kaec("decode", tmp_path / "d.kae", "-o", tmp_path / "x.png", env=codec_env)
+    assert kaec("encode", src, "-o", tmp_path / "d.kae", "--model", run, env=env).returncode == 0
+    r = kaec("decode", tmp_path / "d.kae", "-o", tmp_path / "x.png", env=env)
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "not shipped here (id " in r.stderr and "pass --model" in r.stderr and not (tmp_path / "x.png").exists()
-    r = kaec("decode", tmp_path / "d.kae", "-o", tmp_path / "x.png", "--model", run, env=codec_env)
+    r = kaec("decode", tmp_path / "d.kae", "-o", tmp_path / "x.png", "--model", run, env=env)
     assert r.returncode == 0 and (tmp_path / "x.png").exists(), r.stderr
 
 
