@@ -1,5 +1,5 @@
 """The KAE question in bits: BD-rate of the KAE-decoder codec family against the Linear-decoder family
-trained with the same recipe (experiments/zoo/mnist-codec.yml, dec:3 against mnist-codec-linear.yml, dec:0).
+trained with the same recipe (experiments/zoo/mnist-codec-kae-question.yml: dec:3 against dec:0).
 
 Each run folder's model writes the .kae files `kaec encode --model RUN` would write; an unshipped model's
 header names it by its 8-byte hash and the image size (16 bytes with the check), so the sizes compared are
@@ -23,9 +23,11 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_OVERHEAD = 3  # a shipped codec model's one-tile file: 1 header byte + 2 check bytes
 
 
-def curve(config: Path, runs_root: Path, pixels) -> list[dict]:
+def curve(config: Path, dec: int, runs_root: Path, pixels) -> list[dict]:
     points = []
     for cfg in load_experiment(config).runs:
+        if cfg.matrix["dec"] != dec:
+            continue
         folder = run_dir(runs_root, cfg)
         if not (folder / "summary.json").is_file():
             print(f"skipped {folder}: not trained")
@@ -38,7 +40,7 @@ def curve(config: Path, runs_root: Path, pixels) -> list[dict]:
         shipped = p.payload_bytes + SHIPPED_OVERHEAD
         points.append({"run": cfg.matrix_slug, "lambda": cfg.codec.lmbda, "bytes": shipped,
                        "run_file_bytes": p.bytes, "psnr": p.psnr, "ssim": p.ssim})
-        print(f"{config.stem:22s} {cfg.matrix_slug:22s} {shipped:7.2f} bytes {p.psnr:6.2f} dB")
+        print(f"{cfg.matrix_slug:22s} {shipped:7.2f} bytes {p.psnr:6.2f} dB")
     return points
 
 
@@ -49,17 +51,14 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     pixels = load_dataset("mnist", args.images, None)
-    kae = curve(ROOT / "experiments/zoo/mnist-codec.yml", args.runs_dir, pixels)
-    linear = curve(ROOT / "experiments/zoo/mnist-codec-linear.yml", args.runs_dir, pixels)
-    # The Linear family covers lambda up to 1e-3: compare over the KAE points of the same lambdas.
-    lambdas = {p["lambda"] for p in linear}
-    kae_same = [p for p in kae if p["lambda"] in lambdas]
+    recipe = ROOT / "experiments/zoo/mnist-codec-kae-question.yml"
+    kae, linear = curve(recipe, 3, args.runs_dir, pixels), curve(recipe, 0, args.runs_dir, pixels)
     result = bdrate.bd([p["bytes"] for p in linear], [p["psnr"] for p in linear],
-                       [p["bytes"] for p in kae_same], [p["psnr"] for p in kae_same])
+                       [p["bytes"] for p in kae], [p["psnr"] for p in kae])
     figures = [f"BD-rate {result['bd_rate']:+.1f}%" if result["bd_rate"] is not None else "no BD-rate",
                f"BD-PSNR {result['bd_psnr']:+.2f} dB" if result["bd_psnr"] is not None else "no BD-PSNR"]
     span = result["psnr_range"]
-    print(f"KAE decoder against Linear decoder ({len(kae_same)} and {len(linear)} points, {result['method']}): "
+    print(f"KAE decoder against Linear decoder ({len(kae)} and {len(linear)} points, {result['method']}): "
           + " ".join(figures) + (f" over {span[0]:.2f}-{span[1]:.2f} dB" if span else "")
           + (f" ({result['note']})" if result["note"] else ""))
     if args.json:

@@ -298,14 +298,15 @@ def encode_each(symbols: np.ndarray, tables: IntegerTables) -> list[bytes]:
     models = _models or _get_models()
     family, probs, encoder = models.categorical, tables._probs, models.encoder
     out = []
-    for i, (row, ok) in enumerate(zip(index, plain)):
-        if not ok:
-            out.append(encode(sym[i:i + 1], tables))
-            continue
-        enc = encoder()
-        enc.encode(row, family, probs)
-        best = _shortest_in_interval(enc)  # exact, so not decoded again here (tests decode every file)
-        out.append(best if best is not None else encode(sym[i:i + 1], tables))
+    for i, (row, ok) in enumerate(zip(index, plain.tolist())):
+        if ok:
+            enc = encoder()
+            enc.encode(row, family, probs)
+            best = _shortest_in_interval(enc)  # exact, so not decoded again here (tests decode every file)
+            if best is not None:
+                out.append(best)
+                continue
+        out.append(encode(sym[i:i + 1], tables))
     return out
 
 
@@ -346,9 +347,10 @@ def _shortest_in_interval(enc) -> bytes | None:
     position, (lower, width) = enc.pos()
     if lower > _LAST_LOWER:
         return None
-    head = enc.get_compressed()[:position].astype(">u4").tobytes() if position else b""
-    lo = int.from_bytes(head, "big") << 64 | lower
-    return _shortest_bytes(lo, width, 32 * position + 64)
+    if position:  # the words already out go above the 64-bit state, last word lowest
+        for k, word in enumerate(enc.get_compressed()[position - 1::-1].tolist()):
+            lower |= word << (64 + 32 * k)
+    return _shortest_bytes(lower, width, 32 * position + 64)
 
 
 def _shortest_bytes(lo: int, width: int, total: int) -> bytes:
