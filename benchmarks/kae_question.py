@@ -23,11 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_OVERHEAD = 3  # a shipped codec model's one-tile file: 1 header byte + 2 check bytes
 
 
-def curve(config: Path, dec: int, runs_root: Path, pixels) -> list[dict]:
+def curve(runs, runs_root: Path, pixels) -> list[dict]:
     points = []
-    for cfg in load_experiment(config).runs:
-        if cfg.matrix["dec"] != dec:
-            continue
+    for cfg in runs:
         folder = run_dir(runs_root, cfg)
         if not (folder / "summary.json").is_file():
             print(f"skipped {folder}: not trained")
@@ -51,8 +49,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     pixels = load_dataset("mnist", args.images, None)
-    recipe = ROOT / "experiments/zoo/mnist-codec-kae-question.yml"
-    kae, linear = curve(recipe, 3, args.runs_dir, pixels), curve(recipe, 0, args.runs_dir, pixels)
+    runs = load_experiment(ROOT / "experiments/zoo/mnist-codec-kae-question.yml").runs
+    kae, linear = (curve([c for c in runs if c.matrix["dec"] == dec], args.runs_dir, pixels) for dec in (3, 0))
     result = bdrate.bd([p["bytes"] for p in linear], [p["psnr"] for p in linear],
                        [p["bytes"] for p in kae], [p["psnr"] for p in kae])
     figures = [f"BD-rate {result['bd_rate']:+.1f}%" if result["bd_rate"] is not None else "no BD-rate",
