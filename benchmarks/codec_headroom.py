@@ -68,12 +68,20 @@ def code_lengths(fit: np.ndarray, test: np.ndarray, groups: np.ndarray, k: int, 
     return bits
 
 
-def headroom(train: np.ndarray, test: np.ndarray) -> dict:
-    low = int(min(train.min(), test.min()))
-    span = int(max(train.max(), test.max())) - low + 1
+def _value_range(*arrays: np.ndarray) -> tuple[int, int]:
+    low = int(min(a.min() for a in arrays))
+    return low, int(max(a.max() for a in arrays)) - low + 1
+
+
+def _factorized_bytes(train: np.ndarray, test: np.ndarray) -> float:
+    """Mean ideal bytes of the test images under one histogram per latent fitted on the training images."""
     one = np.zeros(len(train), dtype=np.int64)
-    factorized = code_lengths(train, test, one, 1, low, span)[:, 0].mean() / 8
-    result = {"factorized": factorized}
+    return code_lengths(train, test, one, 1, *_value_range(train, test))[:, 0].mean() / 8
+
+
+def headroom(train: np.ndarray, test: np.ndarray) -> dict:
+    result = {"factorized": _factorized_bytes(train, test)}
+    low, span = _value_range(train, test)
     energy = np.abs(train).sum(1)
     for k in SWITCHES:
         groups = np.minimum(np.argsort(np.argsort(energy)) * k // len(train), k - 1)  # start: by energy
@@ -82,16 +90,15 @@ def headroom(train: np.ndarray, test: np.ndarray) -> dict:
         best = code_lengths(train, test, groups, k, low, span).min(1)
         result[f"switchable {k}"] = (best.mean() + np.log2(k)) / 8
     order = np.argsort(-train.var(0))
-    a, b = train[:, order].astype(np.float64), test[:, order].astype(np.float64)
-    ra, rb = a.copy(), b.copy()
-    for d in range(1, a.shape[1]):
-        w, *_ = np.linalg.lstsq(np.c_[a[:, :d], np.ones(len(a))], a[:, d], rcond=None)
-        ra[:, d] = a[:, d] - np.round(np.c_[a[:, :d], np.ones(len(a))] @ w)
-        rb[:, d] = b[:, d] - np.round(np.c_[b[:, :d], np.ones(len(b))] @ w)
-    ra, rb = ra.astype(np.int64), rb.astype(np.int64)
-    low = int(min(ra.min(), rb.min()))
-    span = int(max(ra.max(), rb.max())) - low + 1
-    result["linear context"] = code_lengths(ra, rb, np.zeros(len(ra), dtype=np.int64), 1, low, span)[:, 0].mean() / 8
+    # Each latent against all earlier ones and a constant: the design matrices grow one column at a time.
+    a = np.c_[np.ones(len(train)), train[:, order]].astype(np.float64)
+    b = np.c_[np.ones(len(test)), test[:, order]].astype(np.float64)
+    ra, rb = a[:, 1:].copy(), b[:, 1:].copy()
+    for d in range(1, ra.shape[1]):
+        w, *_ = np.linalg.lstsq(a[:, :d + 1], a[:, d + 1], rcond=None)
+        ra[:, d] -= np.round(a[:, :d + 1] @ w)
+        rb[:, d] -= np.round(b[:, :d + 1] @ w)
+    result["linear context"] = _factorized_bytes(ra.astype(np.int64), rb.astype(np.int64))
     return result
 
 
