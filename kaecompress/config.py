@@ -91,6 +91,7 @@ class TrainConfig:
     checkpoint_every_s: float = 30.0
     threads: int | None = None  # CPU threads for torch; None: kaecompress.resources.default_threads()
     lr_drop_at: float | None = None  # fraction of the budget after which the learning rate is divided by 10
+    lr_schedule: str = "constant"  # or "cosine": from lr down to lr / 100 over the budget
     resources: Resources = Resources()  # per run, for --ray (kaecompress.raysweep)
 
 
@@ -139,7 +140,8 @@ def recipe_of(config: dict) -> dict:
         for k in keys:
             target.pop(k, None)
     # Settings added later, at their defaults, leave the recipes of earlier runs as they were.
-    for section, key, default in (("model", "stride", 1), ("train", "lr_drop_at", None), ("", "codec", None)):
+    for section, key, default in (("model", "stride", 1), ("train", "lr_drop_at", None),
+                                    ("train", "lr_schedule", "constant"), ("", "codec", None)):
         target = out if not section else out.get(section, {})
         if key in target and target[key] == default:
             del target[key]
@@ -338,6 +340,11 @@ def build_run(raw: dict, source: str, *, trial: int = 0, matrix: dict | None = N
         raise KaecError(f"{source}: model.stride: expected an integer >= 1, got {model.stride}")
     if train.lr_drop_at is not None and not 0 < train.lr_drop_at < 1:
         raise KaecError(f"{source}: train.lr_drop_at: expected a fraction between 0 and 1, got {train.lr_drop_at}")
+    if train.lr_schedule not in ("constant", "cosine"):
+        raise KaecError(f"{source}: train.lr_schedule: expected constant or cosine, got {train.lr_schedule!r}")
+    if train.lr_schedule == "cosine" and train.lr_drop_at is not None:
+        raise KaecError(f"{source}: train.lr_drop_at: a cosine schedule already lowers the learning rate; "
+                        "set one of lr_drop_at and lr_schedule")
     return RunConfig(name, data, model, train, trial, dict(matrix or {}), matrix_id, matrix_slug, source, folder,
                      codec=codec)
 

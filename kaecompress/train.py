@@ -72,7 +72,10 @@ def step_loss(model: CNNKAE, x: torch.Tensor, cfg: RunConfig, step_seed: int) ->
 
 
 def learning_rate(cfg: RunConfig, inputs: int) -> float:
+    """The learning rate after `inputs` inputs: a pure function of them, so a resumed run follows it too."""
     tc = cfg.train
+    if tc.lr_schedule == "cosine":
+        return tc.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(inputs / tc.max_inputs, 1.0))))
     if tc.lr_drop_at is not None and inputs >= tc.lr_drop_at * tc.max_inputs:
         return tc.lr / 10
     return tc.lr

@@ -99,8 +99,10 @@ def test_recipes_of_earlier_runs_are_unchanged():
     del raw["codec"]
     del raw["train"]["lr_drop_at"]
     raw["model"]["stride"] = 1
+    raw["train"]["lr_schedule"] = "constant"
     recipe = build_run(raw, "x.yml").recipe()
     assert "codec" not in recipe and "stride" not in recipe["model"] and "lr_drop_at" not in recipe["train"]
+    assert "lr_schedule" not in recipe["train"]
     assert "codec" in codec_config(0.1).recipe() and codec_config(0.1).recipe()["model"]["stride"] == 2
 
 
@@ -161,12 +163,30 @@ def test_bytes_and_psnr_fall_as_lambda_falls(codec_runs):
         assert r["payload_bytes_per_image"] >= r["ideal_bytes_per_image"] - 1e-9
 
 
-def test_codec_runs_resume_to_the_same_numbers(tmp_path, mnist_train, mnist_val):
-    """The rate term's noise is drawn per step from the run's seed: an interrupted run ends bit-identical."""
+def test_cosine_schedule_falls_from_lr_to_a_hundredth_and_is_validated():
+    from kaecompress.errors import KaecError
+    from kaecompress.train import learning_rate
+
+    cfg = codec_config(1e-3, lr_schedule="cosine", lr_drop_at=None)
+    rates = [learning_rate(cfg, i) for i in range(0, 8001, 500)]
+    assert rates[0] == pytest.approx(1e-2) and rates[-1] == pytest.approx(1e-4)
+    assert rates[len(rates) // 2] == pytest.approx((1e-2 + 1e-4) / 2)
+    assert rates == sorted(set(rates), reverse=True)  # strictly falling
+    assert learning_rate(codec_config(1e-3), 6399) == 1e-2 and learning_rate(codec_config(1e-3), 6400) == 1e-3
+    with pytest.raises(KaecError, match=r"train\.lr_schedule: expected constant or cosine, got 'linear'"):
+        codec_config(1e-3, lr_schedule="linear", lr_drop_at=None)
+    with pytest.raises(KaecError, match=r"train\.lr_drop_at: a cosine schedule already lowers"):
+        codec_config(1e-3, lr_schedule="cosine")
+
+
+@pytest.mark.parametrize("schedule", [{}, {"lr_schedule": "cosine", "lr_drop_at": None}])
+def test_codec_runs_resume_to_the_same_numbers(tmp_path, mnist_train, mnist_val, schedule):
+    """The rate term's noise is drawn per step from the run's seed, the learning rate is a function of the
+    inputs seen: an interrupted run ends bit-identical."""
     from kaecompress import runs
     from kaecompress.train import train_run
 
-    cfg = codec_config(1e-3, max_inputs=1200, log_every=96)
+    cfg = codec_config(1e-3, max_inputs=1200, log_every=96, **schedule)
     data = dict(train_images=mnist_train[:600], val_images=mnist_val[:200])
     whole = train_run(cfg, tmp_path / "whole", **data)
     with pytest.raises(KeyboardInterrupt):
