@@ -10,7 +10,8 @@ spinning pool competes with the Python coding that follows on a 2-core machine:
 and the coding alone, both with the batch API and file by file (bitstream.write / read_payload), also in
 CPU time of its thread (stable while other work shares the machine).
 Goal: whole <= 1.5x network alone, both ways (about >= 20,000 digits/s encode, >= 10,000/s decode on an
-idle 2-core machine). A codec model (one with probability tables) is measured with its own tables; any other
+idle 2-core machine). A codec model (one with probability tables) is measured with its own tables (and its
+context model, where it has one: residuals computed before coding, latents restored after); any other
 model with stand-in tables: the histogram of its rounded latents on the test digits (marked in the output).
 
     python benchmarks/codec_speed.py [--model NAME_OR_RUN] [--rounds 7] [--iters 10] [--batch-size 256]
@@ -63,7 +64,7 @@ def main() -> None:
     x = images[:args.batch_size].numpy()
     _, h, w = model.shape
     prior = getattr(model, "prior", None)
-    codec_id = None
+    codec_id, context = None, None
     spins = {"spinning": True, "no spinning": False}
     sessions = {k: (onnx_session(folder / "encoder.onnx", spinning=v), onnx_session(folder / "decoder.onnx",
                                                                                    spinning=v))
@@ -73,14 +74,23 @@ def main() -> None:
         if not prior.frozen:  # a checkpoint of a codec run still training: its tables as promote builds them
             prior.freeze()
         tables, which = prior.tables(), "the model's own tables"
-        codec_id = 1
+        codec_id, context = 1, prior.context()
+        if context is not None:
+            which += f" and context model ({len(context.predicted)} latents predicted)"
     else:
         every = np.rint(encoder.run(None, {"images": images[:2000].numpy()})[0]).astype(np.int64)
         tables, which = stand_in_tables(every), "stand-in tables (histogram of its rounded latents)"
     sha = loaded.weights_sha256
     latents = np.rint(encoder.run(None, {"images": x})[0]).astype(np.float32)
 
+    def coded(symbols):  # what is coded: the latents, or their residuals under the context model
+        return symbols if context is None else context.residuals(symbols)
+
+    def restored(symbols):
+        return symbols if context is None else context.restore(symbols)
+
     def write_each(symbols):  # file by file, as bitstream.write is called for one image
+        symbols = coded(symbols)
         return [bitstream.write(s.reshape(1, 1, 1, -1), width=w, height=h, mode="L", fit="tile", tables=tables,
                                 weights_sha256=sha, codec_id=codec_id, tile=(h, w)) for s in symbols]
 
@@ -88,14 +98,15 @@ def main() -> None:
         rows = []
         for data in files:
             header = bitstream.parse_header(data)
-            rows.append(bitstream.read_payload(data, header, tables, sha, (h, w)).reshape(-1))
+            rows.append(restored(bitstream.read_payload(data, header, tables, sha, (h, w)).reshape(1, -1))[0])
         return np.stack(rows).astype(np.float32)
 
     def write_batch(symbols):  # the batch API for one-tile images
-        return bitstream.write_tiles(symbols, tables=tables, weights_sha256=sha, codec_id=codec_id, tile=(h, w))
+        return bitstream.write_tiles(coded(symbols), tables=tables, weights_sha256=sha, codec_id=codec_id, tile=(h, w))
 
     def read_batch(files):
-        return bitstream.read_tiles(files, tables=tables, weights_sha256=sha, tile=(h, w))[1].astype(np.float32)
+        symbols = bitstream.read_tiles(files, tables=tables, weights_sha256=sha, tile=(h, w))[1]
+        return restored(symbols).astype(np.float32)
 
     integers = latents.astype(np.int64)
     files = write_batch(integers)

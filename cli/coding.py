@@ -100,8 +100,9 @@ def encode(
     _set_threads()
     codec = Codec(loaded, backend, batch_size, data_root)
     encoded = codec.compress_many(images, fit, check_domain=True)
-    blobs = [codec.to_kae(enc) if codec.rate_model and dst.suffix.lower() == ".kae" else serialize(enc, dst, quant)
-             for enc, dst in zip(encoded, targets)]
+    coded = [i for i, dst in enumerate(targets) if codec.rate_model and dst.suffix.lower() == ".kae"]
+    v2 = dict(zip(coded, codec.to_kae_many([encoded[i] for i in coded])))  # together: one context pass
+    blobs = [v2[i] if i in v2 else serialize(enc, dst, quant) for i, (enc, dst) in enumerate(zip(encoded, targets))]
     if to_folder:
         output.mkdir(exist_ok=True)
     from kaecompress.outputs import write_all
@@ -182,7 +183,9 @@ def decode(
     _set_threads()
     codec = Codec(loaded, backend, batch_size, data_root)
     shape = (codec.height, codec.width)
-    encoded = [codec.from_kae(p.read_bytes(), str(p), max_pixels) if _is_v2(p)
+    v2 = [p for p in files if _is_v2(p)]  # read together: a context model restores all their latents at once
+    read_v2 = dict(zip(v2, codec.from_kae_many([p.read_bytes() for p in v2], [str(p) for p in v2], max_pixels)))
+    encoded = [read_v2[p] if p in read_v2
                else read(p, codec.latent_dim, shape, codec.channels, codec.check_model, max_pixels) for p in files]
     images = codec.decompress_many(encoded)
     import io
@@ -297,12 +300,15 @@ def promote(
                                           "the family (0 = smallest files)."),
     float16: bool = typer.Option(False, "--float16", help="Store the weights as float16: half the size; they "
                                  "load as float32 and the card measures them as stored."),
+    context: bool = typer.Option(False, "--context", help="Codec models: fit a linear context model to the "
+                                 "training split's latents (each latent predicted from the earlier ones, the "
+                                 "residual coded); kept where it saves bits."),
 ) -> None:
     """Ship a finished run as a trained model: safetensors weights and a model card with its metrics."""
     from kaecompress.zoo import promote as promote_run
 
     card = promote_run(run, name, dest=dest, recipe=recipe, data_root=data_root, force=force, family=family,
-                       quality=quality, float16=float16)
+                       quality=quality, float16=float16, context=context)
     print(card)
 
 

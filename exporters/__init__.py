@@ -116,12 +116,13 @@ def export(model: CNNKAE, out_dir: str | Path, formats: Iterable[str] = FORMATS,
         written = {fmt: WRITERS[fmt](model, tmp, metadata) for fmt in formats}
         report = verify(tmp, model, images)
         manifest = _manifest(model, metadata, formats, tmp, report)
+        context = None
         if prior is None and getattr(model, "prior", None) is not None and model.prior.frozen:
-            prior = model.prior.tables()  # a codec model carries its own
+            prior, context = model.prior.tables(), model.prior.context()  # a codec model carries its own
         if prior is not None:
             from kaecompress.exporters.codecfiles import write_codec_files
 
-            extra, manifest["bitstream"] = write_codec_files(tmp, prior, codec_id, formats)
+            extra, manifest["bitstream"] = write_codec_files(tmp, prior, codec_id, formats, context)
             manifest["files"].update(extra)
         atomic_write_json(tmp / MANIFEST, manifest)
         old = None

@@ -17,14 +17,17 @@ DECODER = "kae_decode.py"
 
 
 def write_codec_files(folder: Path, tables: IntegerTables, codec_id: int | None,
-                      formats: tuple[str, ...]) -> tuple[dict, dict]:
+                      formats: tuple[str, ...], context=None) -> tuple[dict, dict]:
     """Write the tables (and the reference decoder when decoder.onnx is exported) into `folder`; return
     their manifest "files" entries and the manifest's "bitstream" section. The entries' "format" is that of
     the artefacts they go with (onnx when exported), so readers that collect formats see only real ones."""
     with_decoder = "onnx" in formats
     bundle = "onnx" if with_decoder else formats[0]
     buf = io.BytesIO()
-    np.savez(buf, **tables.to_arrays())
+    arrays = tables.to_arrays()
+    if context is not None:  # a kaecompress.context.LinearContext
+        arrays.update({f"context_{k}": v for k, v in context.to_arrays().items()})
+    np.savez(buf, **arrays)
     (folder / TABLES).write_bytes(buf.getvalue())
     names = [TABLES]
     if with_decoder:
@@ -50,6 +53,13 @@ def write_codec_files(folder: Path, tables: IntegerTables, codec_id: int | None,
                   "value = offsets[d]-1-e, above: value = offsets[d]+K-1+e",
         "check": "CRC-16/CCITT (binascii.crc_hqx, initial 0xFFFF) over the 32-byte weights sha256, the header "
                  "and the payload; 2 bytes big-endian at the end",
+        "context": None if context is None else {
+            "arrays": {"context_order": f"int32 ({tables.dims},)", "context_weights": f"int32 ({tables.dims}, "
+                       f"{tables.dims})", "context_bias": f"int32 ({tables.dims},)"},
+            "restore": "the decoded symbols are residuals: for i = 0..D-1 in coding order, latent[order[i]] = "
+                       "symbol[order[i]] + floor((sum_j<i weights[i, j] * latent[order[j]] + bias[i] + 2**11) "
+                       "/ 2**12)",
+        },
         "decoder_input": "the latent integers as float32, shape (tiles, latent_dim), into decoder.onnx",
         "reference_decoder": DECODER if with_decoder else None,
     }

@@ -2,9 +2,11 @@
 """Reference decoder for `.kae` version 2 files made with the model exported in this folder.
 
 Needs numpy, onnxruntime and constriction only (Pillow too for files encoded with --fit resize); it does not
-import kaecompress. It reads the probability tables (prior.npz) and the model's identity (manifest.json)
-from the export folder, checks the file, entropy-decodes the latent integers, runs decoder.onnx on them and
-writes a PNG. The byte layout is kaecompress's docs/kae-format.md, summarised in manifest.json ("bitstream").
+import kaecompress. It reads the probability tables (prior.npz, with the context model where
+the model has one) and the model's identity (manifest.json) from the export folder, checks the file,
+entropy-decodes the latent integers (residuals of a prediction, where there is a context model), runs
+decoder.onnx on them and writes a PNG. The byte layout is kaecompress's docs/kae-format.md, summarised in
+manifest.json ("bitstream").
 
     python kae_decode.py IMAGE.kae -o IMAGE.png [--export FOLDER]
 
@@ -102,16 +104,42 @@ def check(data: bytes, header: dict, weights_sha256: str, codec_id) -> None:
 # ---- entropy decoding ------------------------------------------------------------------------------------
 
 def load_tables(path: Path):
+    """Offsets, probabilities and the context model (order, weights, bias; None if the model has none)."""
     try:
         with np.load(path, allow_pickle=False) as z:
             offsets, freqs, precision = (np.asarray(z[k]) for k in ("offsets", "freqs", "precision"))
+            context = (tuple(np.asarray(z[f"context_{k}"]).astype(np.int64) for k in ("order", "weights", "bias"))
+                       if "context_order" in z.files else None)
     except (OSError, KeyError, ValueError) as e:
         raise Refused(f"{path}: not readable probability tables ({e})") from None
     precision = int(precision.reshape(-1)[0])
     if (freqs.ndim != 2 or offsets.shape != freqs.shape[:1] or freqs.min() < 1
             or (freqs.astype(np.int64).sum(axis=1) != 2**precision).any()):
         raise Refused(f"{path}: malformed probability tables")
-    return offsets.astype(np.int64), freqs.astype(np.float64) / float(2**precision)
+    if context is not None:
+        order, weights, bias = context
+        d = freqs.shape[0]
+        if (not np.array_equal(np.sort(order), np.arange(d)) or weights.shape != (d, d) or bias.shape != (d,)
+                or np.triu(weights).any() or np.abs(weights).sum(axis=1).max() >= 2**21
+                or np.abs(bias).max() >= 2**31):
+            raise Refused(f"{path}: malformed context model")
+    return offsets.astype(np.int64), freqs.astype(np.float64) / float(2**precision), context
+
+
+def restore(residuals: np.ndarray, context) -> np.ndarray:
+    """Latents from the decoded residuals: in coding order, each predicted latent adds
+    floor((sum of weights * earlier latents + bias + 2**11) / 2**12). The float64 sums are exact: latents
+    stay below 2**31 and each row's |weights| below 2**21."""
+    order, weights, bias = context
+    y = np.ascontiguousarray(residuals[:, order].T, dtype=np.float64)
+    w = weights.astype(np.float64)
+    for i in np.flatnonzero(weights.any(axis=1) | (bias != 0)):
+        y[i] += np.floor((w[i, :i] @ y[:i] + float(bias[i]) + 2048.0) / 4096.0)
+        if np.abs(y[i]).max(initial=0) >= 2**31:
+            raise Refused("the payload is damaged")
+    out = np.empty_like(residuals)
+    out[:, order] = y.T.astype(np.int64)
+    return out
 
 
 def entropy_decode(payload: bytes, offsets: np.ndarray, probs: np.ndarray, count: int) -> np.ndarray:
@@ -209,7 +237,7 @@ def decode_file(path: Path, folder: Path) -> tuple[bytes, dict]:
         raise Refused(f"cannot read ({e.strerror or e})") from None
     header = parse(data, (h, w))
     check(data, header, weights_sha256, spec.get("codec_id"))
-    offsets, probs = load_tables(folder / spec["tables"])
+    offsets, probs, context = load_tables(folder / spec["tables"])
     if probs.shape[0] != manifest.get("latent_dim"):
         raise Refused(f"{folder}: tables for {probs.shape[0]} latents, the decoder takes {manifest.get('latent_dim')}")
     count = int(np.prod(header["grid"]))
@@ -219,6 +247,8 @@ def decode_file(path: Path, folder: Path) -> tuple[bytes, dict]:
         raise
     except Exception as e:  # constriction refuses some damaged streams
         raise Refused(f"the payload is damaged ({type(e).__name__})") from None
+    if context is not None:
+        latents = restore(latents, context)
     pixels = assemble(run_decoder(folder, latents), header)
     return png(pixels, header["mode"]), header
 

@@ -188,6 +188,7 @@ class Codec:
         self.batch_size = batch_size
         prior = getattr(loaded.model, "prior", None)
         self.tables = prior.tables() if prior is not None else None  # a codec model's integer tables
+        self.context = prior.context() if prior is not None else None  # and its context model, if fitted
 
     @property
     def rate_model(self) -> bool:
@@ -281,15 +282,47 @@ class Codec:
 
     def to_kae(self, enc: Encoded) -> bytes:
         """A codec model's .kae (version 2) file for one image: the latent integers, entropy-coded."""
+        return self.to_kae_many([enc])[0]
+
+    def to_kae_many(self, encoded: Sequence[Encoded]) -> list[bytes]:
+        """The .kae (version 2) file of each image; a context model's residuals are computed for all their
+        tiles at once."""
         from kaecompress import bitstream
 
-        return bitstream.write(enc.latents.astype(np.int64), width=enc.width, height=enc.height, mode=enc.mode,
-                               fit=enc.fit, tables=self.tables, weights_sha256=self.loaded.weights_sha256,
-                               codec_id=self.loaded.card.get("codec_id"), tile=(self.height, self.width))
+        symbols = [enc.latents.astype(np.int64) for enc in encoded]
+        if self.context is not None and symbols:  # what is coded is each latent's residual
+            flat = self.context.residuals(np.concatenate([s.reshape(-1, self.latent_dim) for s in symbols]))
+            starts = np.cumsum([0] + [s.size // self.latent_dim for s in symbols])
+            symbols = [flat[a:b].reshape(s.shape) for s, a, b in zip(symbols, starts[:-1], starts[1:])]
+        return [bitstream.write(s, width=enc.width, height=enc.height, mode=enc.mode, fit=enc.fit, tables=self.tables,
+                                weights_sha256=self.loaded.weights_sha256, codec_id=self.loaded.card.get("codec_id"),
+                                tile=(self.height, self.width)) for s, enc in zip(symbols, encoded)]
 
     # -- decompress --
     def from_kae(self, data: bytes, where: str, max_pixels: int = MAX_PIXELS) -> Encoded:
         """A .kae version 2 file back to latents, once its header, size and checksum are shown sound."""
+        return self.from_kae_many([data], [where], max_pixels)[0]
+
+    def from_kae_many(self, files: Sequence[bytes], names: Sequence[str],
+                      max_pixels: int = MAX_PIXELS) -> list[Encoded]:
+        """Many .kae version 2 files back to latents, as `from_kae` reads each; a context model restores the
+        latents of all their tiles at once (far cheaper than file by file)."""
+        read = [self._symbols(data, where, max_pixels) for data, where in zip(files, names)]
+        if self.context is not None and read:
+            rows = [s.reshape(-1, self.latent_dim) for s, _ in read]
+            try:
+                flat = self.context.restore(np.concatenate(rows))
+            except KaecError:  # a crafted file: find it, to name it
+                for r, where in zip(rows, names):
+                    self.context.restore(r, where)
+                raise
+            starts = np.cumsum([0] + [len(r) for r in rows])
+            read = [(flat[a:b].reshape(s.shape), full) for (s, full), a, b in zip(read, starts[:-1], starts[1:])]
+        return [Encoded(s.astype(np.float32), full.width, full.height, full.mode, full.fit, self.loaded.name,
+                        self.loaded.weights_sha256) for s, full in read]
+
+    def _symbols(self, data: bytes, where: str, max_pixels: int):
+        """The coded integers of one file (planes, tiles_y, tiles_x, D) and its header with sizes filled in."""
         from kaecompress import bitstream
         from kaecompress.zoo import by_codec_id
 
@@ -304,8 +337,7 @@ class Codec:
         check_pixels(full.width, full.height, where, max_pixels)
         symbols = bitstream.read_payload(data, header, self.tables, self.loaded.weights_sha256,
                                          (self.height, self.width), where)
-        return Encoded(symbols.astype(np.float32), full.width, full.height, full.mode, full.fit, self.loaded.name,
-                       self.loaded.weights_sha256)
+        return symbols, full
 
     def check_model(self, enc: Encoded, where: str) -> None:
         ours = self.loaded.weights_sha256

@@ -27,12 +27,14 @@ def to_pixels(images: torch.Tensor | np.ndarray) -> np.ndarray:
 def measure(model, images: torch.Tensor, batch_size: int = 1000) -> dict:
     """Code every image (one model-sized tile each) into the `.kae` file a shipped codec model writes;
     return the mean whole-file and payload (coded latents alone) bytes, the ideal information content and
-    the mean PSNR of the decoded 8-bit pixels. `model.prior` must have its integer tables (`freeze()`)."""
+    the mean PSNR of the decoded 8-bit pixels. `model.prior` must have its integer tables (`freeze()`), and
+    codes through its context model where it has one."""
     from kaecompress import bitstream, rangecoder
     from kaecompress.zoo import weights_sha256
 
     model.eval()
     tables = model.prior.tables()
+    context = model.prior.context()
     sha = weights_sha256(model)
     _, height, width = model.shape
     sizes, ideal, psnrs = [], 0.0, []
@@ -42,6 +44,8 @@ def measure(model, images: torch.Tensor, batch_size: int = 1000) -> dict:
         decoded = to_pixels(model.decoder(q).clamp(0, 1))
         psnrs.append(psnr_8bit(decoded, to_pixels(x)))
         symbols = q.to(torch.int64).numpy()
+        if context is not None:
+            symbols = context.residuals(symbols)
         ideal += rangecoder.ideal_bits(symbols, tables)
         files = bitstream.write_tiles(symbols, tables=tables, weights_sha256=sha, codec_id=SHIPPED_ID,
                                       tile=(height, width))

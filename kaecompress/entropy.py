@@ -5,6 +5,9 @@ unit interval around each value (the rate); coding sees the latents rounded to i
 frequency tables built once from the same density (`integer_tables`), stored with the weights, so that
 every machine decodes a file to the same integers.
 
+After training, `fit_context` may add a linear context model (kaecompress.context) fitted to the training
+latents: the dimensions it predicts are then coded as residuals, under tables fitted to those residuals.
+
 Each dimension's cumulative is sigmoid(f(x)) with f a small monotone network (positive weights, a
 tanh-shaped nonlinearity whose factor keeps it monotone), the univariate density of Ballé et al. 2018.
 """
@@ -18,10 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kaecompress.errors import KaecError
+
 LIKELIHOOD_FLOOR = 1e-9  # keeps -log2 finite for values the density has not seen yet
 TABLE_REACH = 256        # integers in [-reach, reach] are examined when building tables
 TAIL_MASS = 1e-7         # values rarer than this at either end are coded through the escape
 TABLE_ARRAYS = ("offsets", "freqs", "precision")  # rangecoder.IntegerTables.to_arrays(), stored as buffers
+CONTEXT_PREFIX = "context_"  # context.ARRAYS, stored as buffers only in models that have one
 
 
 class FactorizedPrior(nn.Module):
@@ -93,13 +99,52 @@ class FactorizedPrior(nn.Module):
         """Build and store the integer tables that coding uses (call once training is over)."""
         from kaecompress.rangecoder import IntegerTables
 
-        pmf, offsets = self.integer_pmf()
-        for name, array in IntegerTables.from_pmf(pmf, offsets).to_arrays().items():
+        self._set_tables(IntegerTables.from_pmf(*self.integer_pmf()))
+
+    def _set_tables(self, tables) -> None:
+        for name, array in tables.to_arrays().items():
             setattr(self, f"table_{name}", torch.from_numpy(np.ascontiguousarray(array, dtype=np.int32)))
 
     @property
     def frozen(self) -> bool:
         return self.table_freqs.numel() > 0
+
+    def context(self):
+        """The fitted `context.LinearContext`, or None (each latent coded as it is)."""
+        from kaecompress import context
+
+        if not hasattr(self, f"{CONTEXT_PREFIX}order"):
+            return None
+        fitted = context.from_arrays({k: getattr(self, CONTEXT_PREFIX + k).cpu().numpy() for k in context.ARRAYS})
+        if fitted.dims != self.dim:
+            raise KaecError(f"context model for {fitted.dims} latents in a model of {self.dim}")
+        return fitted
+
+    @torch.no_grad()
+    def fit_context(self, latents: np.ndarray) -> int:
+        """Fit a linear context model to the integer latents (N, D) of training images; keep it, with tables
+        for the residuals of the dimensions it predicts, when it predicts any. Returns how many it predicts.
+        The other dimensions keep their learned densities."""
+        from kaecompress import context
+        from kaecompress.rangecoder import IntegerTables, column_bits
+
+        tables = self.tables()
+        fitted, residuals = context.fit(latents, column_bits(latents, tables))
+        rows = fitted.order[fitted.predicted]
+        if len(rows) == 0:
+            return 0
+        learned = tables.freqs[:, :-1] / float(2**tables.precision)  # the escape's share is what rows lack
+        fitted_pmf, fitted_low = context.histogram_pmf(residuals[:, rows])
+        pmf = np.zeros((self.dim, max(learned.shape[1], fitted_pmf.shape[1])))
+        pmf[:, :learned.shape[1]] = learned
+        offsets = tables.offsets.astype(np.int64).copy()
+        pmf[rows] = 0.0
+        pmf[rows, :fitted_pmf.shape[1]] = fitted_pmf
+        offsets[rows] = fitted_low
+        self._set_tables(IntegerTables.from_pmf(pmf, offsets))
+        for name, array in fitted.to_arrays().items():
+            self.register_buffer(CONTEXT_PREFIX + name, torch.from_numpy(array))
+        return len(rows)
 
     def tables(self):
         """The stored integer tables as a `rangecoder.IntegerTables`."""
@@ -115,6 +160,9 @@ class FactorizedPrior(nn.Module):
             saved = state_dict.get(f"{prefix}table_{name}")
             if saved is not None:
                 setattr(self, f"table_{name}", torch.empty_like(saved))
+        for key, saved in state_dict.items():  # a context model's buffers exist only where one was fitted
+            if key.startswith(prefix + CONTEXT_PREFIX) and "." not in key[len(prefix):]:
+                self.register_buffer(key[len(prefix):], torch.empty_like(saved))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 

@@ -173,9 +173,9 @@ def model_files(loaded, images: Sequence[np.ndarray],
     pil = [_pil(a) for a in images]
     t0 = time.perf_counter()
     if codec.rate_model:  # a codec model: entropy-coded .kae version 2
-        files = [codec.to_kae(enc) for enc in codec.compress_many(pil)]
+        files = codec.to_kae_many(codec.compress_many(pil))
         t1 = time.perf_counter()
-        back = codec.decompress_many([codec.from_kae(data, loaded.name) for data in files])
+        back = codec.decompress_many(codec.from_kae_many(files, [loaded.name] * len(files)))
     else:
         files = [to_kae(enc) for enc in codec.compress_many(pil)]
         t1 = time.perf_counter()

@@ -58,9 +58,13 @@ def build(config: dict, state: dict, where: str | Path) -> CNNKAE:
         codec = config.get("codec") or {}
         with torch.device("meta"):
             shape_only = CNNKAE(**config["model"], prior=codec.get("prior"))
-        # A codec model's probability tables are sized by training, not by the config (rangecoder bounds them).
-        wanted = sum(t.numel() for k, t in shape_only.state_dict().items() if ".table_" not in k)
-        have = sum(t.numel() for k, t in state.items() if isinstance(t, torch.Tensor) and ".table_" not in k)
+        # A codec model's probability tables and context model are sized by fitting, not by the config
+        # (rangecoder and context bound them).
+        def fitted(key: str) -> bool:
+            return ".table_" in key or ".context_" in key
+
+        wanted = sum(t.numel() for k, t in shape_only.state_dict().items() if not fitted(k))
+        have = sum(t.numel() for k, t in state.items() if isinstance(t, torch.Tensor) and not fitted(k))
         if wanted != have:
             raise KaecError(f"{where}: the config does not match the weights (it describes {wanted:,} parameter "
                             f"values, the weights hold {have:,})")
@@ -254,12 +258,14 @@ def find_by_hash(prefix: str) -> str | None:
 
 def promote(run_dir: str | Path, name: str, *, dest: Path | None = None, recipe: str | None = None,
             data_root: str | Path | None = None, force: bool = False, family: str | None = None,
-            quality: int | None = None, float16: bool = False) -> Path:
+            quality: int | None = None, float16: bool = False, context: bool = False) -> Path:
     """Ship a finished run as a trained model: NAME.safetensors and a NAME.json card with its metrics on
     the full validation split. Returns the card's path.
 
     `float16` stores the float weights at half the size. They load back as float32 and the model computes
-    in float32, so the card's metrics and identity are those of the rounded weights, as shipped."""
+    in float32, so the card's metrics and identity are those of the rounded weights, as shipped.
+    `context` (codec models) fits a linear context model to the latents of the training split
+    (kaecompress.context) and ships it with the tables, where it predicts any latent."""
     import re
     from datetime import datetime, timezone
 
@@ -278,6 +284,8 @@ def promote(run_dir: str | Path, name: str, *, dest: Path | None = None, recipe:
         raise KaecError(f"{card_path}: already exists (use --force to replace it)")
     loaded = load_run(run_dir)
     summary = runs.read_json(Path(run_dir) / runs.SUMMARY) or {}
+    if context and (loaded.model.prior is None or not loaded.model.prior.frozen):
+        raise KaecError(f"{run_dir}: --context is for codec models (runs trained with a codec: section)")
     state = {k: v.contiguous() for k, v in loaded.model.state_dict().items()}
     if float16:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
@@ -285,7 +293,11 @@ def promote(run_dir: str | Path, name: str, *, dest: Path | None = None, recipe:
         if wide:
             raise KaecError(f"{run_dir}: --float16: {wide[0]} holds values beyond float16's range (65504)")
         loaded.model.load_state_dict(state)  # copies into the float32 parameters: what a loader gets
-        loaded.weights_sha256 = weights_sha256(loaded.model)
+    fitted = _fit_context(loaded, data_root) if context else None
+    if fitted:  # the context's buffers and the new tables join the state
+        state = {k: v.half() if float16 and v.is_floating_point() else v.contiguous()
+                 for k, v in loaded.model.state_dict().items()}
+    loaded.weights_sha256 = weights_sha256(loaded.model)
     weights = save(state)
     images = load_images(loaded.dataset, False, data_root, loaded.model.shape)
     recon = reconstruction_metrics(loaded.model, images)
@@ -308,12 +320,27 @@ def promote(run_dir: str | Path, name: str, *, dest: Path | None = None, recipe:
         "weights_sha256": loaded.weights_sha256,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if context:
+        card["context"] = {"predicted_latents": fitted, "fitted_on": "train split"}
     if loaded.model.prior is not None:
         card.update(_codec_card(loaded, summary, images, dest, name, family, quality))
     elif family is not None or quality is not None:
         raise KaecError(f"{run_dir}: --family/--quality are for codec models (runs trained with a codec: section)")
     runs.atomic_write_json(card_path, card)
     return card_path
+
+
+def _fit_context(loaded: LoadedModel, data_root) -> int:
+    """Fit the codec model's context model to its rounded latents of the training split (see promote)."""
+    import torch
+
+    from kaecompress.data import load_images
+
+    images = load_images(loaded.dataset, True, data_root, loaded.model.shape)
+    with torch.no_grad():
+        latents = torch.cat([torch.round(loaded.model.encoder(images[i:i + 1000]))
+                             for i in range(0, len(images), 1000)])
+    return loaded.model.prior.fit_context(latents.to(torch.int64).numpy())
 
 
 def _codec_card(loaded: LoadedModel, summary: dict, images, dest: Path, name: str, family: str | None,

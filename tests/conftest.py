@@ -114,3 +114,22 @@ def zoo(tmp_path_factory, mnist_root, mnist_train, mnist_val):
 def env(zoo, monkeypatch):
     monkeypatch.setenv("KAEC_TRAINED", str(zoo))
     return {"KAEC_TRAINED": str(zoo)}
+
+
+def isolated_python(script: Path, *args, cwd: Path):
+    """Run `script` in a Python that sees numpy, onnxruntime, constriction and Pillow but cannot import
+    kaecompress: -I -S (no site, no .pth files, no environment), only those packages' folder on sys.path,
+    kaecompress's import refused first so a copy on that path could not slip in."""
+    import constriction
+    import numpy as np
+    import onnxruntime
+    import PIL
+
+    paths = sorted({str(Path(m.__file__).resolve().parents[1]) for m in (np, onnxruntime, constriction, PIL)})
+    code = ("import sys, runpy; sys.path[:0] = %r\n"
+            "try:\n    import kaecompress\nexcept ImportError:\n    pass\n"
+            "else:\n    sys.exit('kaecompress is importable')\n"
+            "sys.argv = %r; runpy.run_path(sys.argv[0], run_name='__main__')\n"
+            ) % (paths, [str(script), *map(str, args)])
+    return subprocess.run([sys.executable, "-I", "-S", "-c", code], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)

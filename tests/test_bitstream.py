@@ -4,7 +4,6 @@ models, and the standalone reference decoder of export folders."""
 import binascii
 import hashlib
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 from kaecompress import KaecError, bitstream, containers
 from kaecompress.rangecoder import IntegerTables
 
+from conftest import isolated_python
 from test_rangecoder import laplace_symbols, laplace_tables
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
@@ -368,7 +368,7 @@ def test_golden_files_decode_to_their_committed_pixels(name, tmp_path):
     recorded = json.loads((GOLDEN / "pixels.json").read_text())
     same_platform = recorded == {"machine": platform.machine(), "onnxruntime": onnxruntime.__version__}
     ours = _library_decode(GOLDEN / f"{name}.kae")
-    r = _isolated_python(Path(__file__).parents[1] / "exporters" / "kae_decode.py", GOLDEN / f"{name}.kae", "-o",
+    r = isolated_python(Path(__file__).parents[1] / "exporters" / "kae_decode.py", GOLDEN / f"{name}.kae", "-o",
                          tmp_path / "out.png", "--export", GOLDEN / "export", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     with Image.open(tmp_path / "out.png") as im:
@@ -411,24 +411,6 @@ def test_golden_escapes_file_holds_escapes():
 # ---- the standalone reference decoder of export folders -------------------------------------------------
 
 from test_rangecoder import digit_model, digit_run  # noqa: E402,F401  (module fixtures: one short training)
-
-
-def _isolated_python(script: Path, *args, cwd: Path):
-    """Run `script` in a Python that sees numpy, onnxruntime, constriction and Pillow but cannot import
-    kaecompress: -I -S (no site, no .pth files, no environment), only those packages' folder on sys.path,
-    kaecompress's import refused first so a copy on that path could not slip in."""
-    import PIL
-    import constriction
-    import onnxruntime
-
-    paths = sorted({str(Path(m.__file__).resolve().parents[1]) for m in (np, onnxruntime, constriction, PIL)})
-    code = ("import sys, runpy; sys.path[:0] = %r\n"
-            "try:\n    import kaecompress\nexcept ImportError:\n    pass\n"
-            "else:\n    sys.exit('kaecompress is importable')\n"
-            "sys.argv = %r; runpy.run_path(sys.argv[0], run_name='__main__')\n"
-            ) % (paths, [str(script), *map(str, args)])
-    return subprocess.run([sys.executable, "-I", "-S", "-c", code], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -510,7 +492,7 @@ def test_reference_decoder_gives_the_library_pixels_without_kaecompress(codec_ex
         data = bitstream.write(symbols, width=width, height=height, mode=mode, fit=fit, tables=tables,
                                weights_sha256=sha, codec_id=codec_id, tile=TILE)
         (tmp_path / f"{name}.kae").write_bytes(data)
-        r = _isolated_python(out / "kae_decode.py", tmp_path / f"{name}.kae", "-o", tmp_path / f"{name}.png",
+        r = isolated_python(out / "kae_decode.py", tmp_path / f"{name}.kae", "-o", tmp_path / f"{name}.png",
                              cwd=tmp_path)
         assert r.returncode == 0, (name, r.stderr)
         with Image.open(tmp_path / f"{name}.png") as im:
@@ -542,7 +524,7 @@ def test_reference_decoder_refuses_damaged_and_foreign_files(codec_export, tmp_p
     }
     for name, data in bad.items():
         (tmp_path / f"{name}.kae").write_bytes(data)
-        r = _isolated_python(out / "kae_decode.py", tmp_path / f"{name}.kae", "-o", tmp_path / f"{name}.png",
+        r = isolated_python(out / "kae_decode.py", tmp_path / f"{name}.kae", "-o", tmp_path / f"{name}.png",
                              cwd=tmp_path)
         assert r.returncode == 2, (name, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr

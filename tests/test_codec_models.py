@@ -8,8 +8,10 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import kaec
+from conftest import isolated_python, kaec
 from test_train import StopAt
+
+from kaecompress.errors import KaecError
 
 CODEC = """
 experiment_name: codec
@@ -310,6 +312,16 @@ def test_plain_models_keep_writing_version_1(codec_env, tmp_path, mnist_val):
     assert r.returncode == 0, r.stderr
 
 
+def _promote_q3(home, tmp_path, mnist_root, *options):
+    """kaec promote of the highest-lambda short run as mnist-q3 into a new trained/ folder; returns it."""
+    dest = tmp_path / "trained"
+    dest.mkdir()
+    r = kaec("promote", home / "l0.001", "--name", "mnist-q3", "--family", "mnist", "--quality", "3", "--dest",
+             dest, "--data-root", mnist_root, "--recipe", "tests", *options)
+    assert r.returncode == 0, r.stderr
+    return dest
+
+
 def test_float16_weights_ship_at_half_size_and_load_as_stored(codec_runs, codec_zoo, tmp_path, mnist_root,
                                                              mnist_val):
     """--float16 halves the file; the model loads the rounded weights as float32, its card measures those
@@ -320,11 +332,7 @@ def test_float16_weights_ship_at_half_size_and_load_as_stored(codec_runs, codec_
     from kaecompress.zoo import load_run, load_trained
 
     home, _ = codec_runs
-    dest = tmp_path / "trained"
-    dest.mkdir()
-    r = kaec("promote", home / "l0.001", "--name", "mnist-q3", "--family", "mnist", "--quality", "3", "--dest",
-             dest, "--data-root", mnist_root, "--recipe", "tests", "--float16")
-    assert r.returncode == 0, r.stderr
+    dest = _promote_q3(home, tmp_path, mnist_root, "--float16")
     half, full = dest / "mnist-q3.safetensors", codec_zoo / "mnist-q3.safetensors"
     assert half.stat().st_size < 0.55 * full.stat().st_size
     shipped, run = load_trained("mnist-q3", dest), load_run(home / "l0.001")
@@ -354,10 +362,54 @@ def test_float16_weights_ship_at_half_size_and_load_as_stored(codec_runs, codec_
     assert not list(dest.glob("wide*"))
 
 
+def test_context_model_codes_fewer_bytes_and_every_decoder_follows_it(codec_runs, codec_zoo, tmp_path, mnist_root,
+                                                                      mnist_val):
+    """promote --context: the card's bytes fall below the same model's without one, at the same PSNR; kaec
+    encode / decode round-trip the latents bit-exact; the exported reference decoder, in a process that cannot
+    import kaecompress, gives kaec decode's pixels (onnx backend)."""
+    from kaecompress.codec import Codec
+    from kaecompress.codecstats import measure
+    from kaecompress.data import load_images
+    from kaecompress.zoo import load_trained
+
+    home, _ = codec_runs
+    dest = _promote_q3(home, tmp_path, mnist_root, "--context")
+    shipped, plain = load_trained("mnist-q3", dest), load_trained("mnist-q3", codec_zoo)
+    card, before = shipped.card["codec_metrics"], plain.card["codec_metrics"]
+    assert shipped.card["context"]["predicted_latents"] > 0 and shipped.model.prior.context() is not None
+    assert card["ideal_bytes_per_image"] < before["ideal_bytes_per_image"]
+    assert card["bytes_per_image"] < before["bytes_per_image"] and card["psnr"] == before["psnr"]
+    assert card == {"split": "test", **measure(shipped.model, load_images("mnist", False, mnist_root, (1, 28, 28)))}
+    assert shipped.weights_sha256 != plain.weights_sha256  # a file of one is refused by the other
+
+    env = {"KAEC_TRAINED": str(dest), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    sources = [digit_png(tmp_path / f"d{i}.png", mnist_val[i]) for i in range(3)]
+    r = kaec("encode", *sources, "-o", tmp_path / "enc", "--model", "mnist-q3", env=env)
+    assert r.returncode == 0, r.stderr
+    codec = Codec(shipped)
+    for i, src in enumerate(sources):
+        data = (tmp_path / "enc" / f"d{i}.kae").read_bytes()
+        enc = codec.compress(Image.open(src))
+        assert np.array_equal(codec.from_kae(data, "d.kae").latents, enc.latents)
+    r = kaec("decode", *sorted((tmp_path / "enc").glob("*.kae")), "-o", tmp_path / "dec", "--backend", "onnx",
+             env=env)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "export"
+    r = kaec("export", "mnist-q3", "-o", out, "--format", "onnx", "--data-root", mnist_root, env=env)
+    assert r.returncode == 0, r.stderr
+    for i in range(3):
+        r = isolated_python(out / "kae_decode.py", tmp_path / "enc" / f"d{i}.kae", "-o", tmp_path / f"ref{i}.png",
+                             cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert np.array_equal(np.asarray(Image.open(tmp_path / f"ref{i}.png")),
+                              np.asarray(Image.open(tmp_path / "dec" / f"d{i}.png")))
+
+
 # ---- golden files of the shipped codec models -----------------------------------------------------------
 
 GOLDEN = __import__("pathlib").Path(__file__).parent / "data" / "golden" / "shipped"
-GOLDEN_CASES = (("mnist-q3", "mnist", (0, 1, 2)), ("fashion-q3", "fashion-mnist", (0, 1)))
+GOLDEN_CASES = (("mnist-q3", "mnist", (0, 1, 2)), ("fashion-q3", "fashion-mnist", (0, 1)),
+                ("mnist-q6", "mnist", (0, 1)))  # mnist-q6 codes through a context model
 
 
 def write_golden() -> None:
@@ -402,6 +454,29 @@ def test_golden_files_of_shipped_models_decode_bit_exact(model, tmp_path):
         assert r.returncode == 0, r.stderr
         onnx = np.asarray(Image.open(tmp_path / f"{kae.stem}-onnx.png")).astype(int)
         assert np.abs(onnx - expected).max() <= 1, kae.name
+
+
+def test_a_file_whose_latents_restore_beyond_32_bits_is_refused(tmp_path):
+    """A crafted file of a shipped context model (mnist-q6), sound checksum and all, whose residuals restore
+    to latents beyond the 32-bit bound: one line naming it, exit 2, nothing written; the good file beside it
+    in the same call does not hide it."""
+    from kaecompress import bitstream
+    from kaecompress.zoo import load_model
+
+    loaded = load_model("mnist-q6")
+    prior = loaded.model.prior
+    crafted = np.full((1, 1, 1, loaded.model.latent_dim), 2**31 - 1)
+    with pytest.raises(KaecError, match="beyond"):
+        prior.context().restore(crafted.reshape(1, -1))
+    data = bitstream.write(crafted, width=28, height=28, mode="L", fit="tile", tables=prior.tables(),
+                           weights_sha256=loaded.weights_sha256, codec_id=loaded.card["codec_id"], tile=(28, 28))
+    (tmp_path / "bad.kae").write_bytes(data)
+    good = sorted(GOLDEN.glob("mnist-q6-*.kae"))[0]
+    shutil.copy(good, tmp_path / "good.kae")
+    r = kaec("decode", tmp_path / "good.kae", tmp_path / "bad.kae", "-o", tmp_path / "out")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "bad.kae" in r.stderr and "beyond" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
 
 
 if __name__ == "__main__":
