@@ -72,6 +72,11 @@ def build(config: dict, state: dict, where: str | Path) -> CNNKAE:
         model.load_state_dict(state)
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
         raise KaecError(f"{where}: the config does not match the weights ({str(e).splitlines()[0]})") from None
+    if getattr(model, "prior", None) is not None:
+        try:
+            model.prior.context()  # its bounds checked now, where the file can be named
+        except KaecError as e:
+            raise KaecError(f"{where}: {e}") from None
     return model.eval()
 
 

@@ -479,6 +479,33 @@ def test_a_file_whose_latents_restore_beyond_32_bits_is_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_model_file_whose_context_model_breaks_the_bounds_is_refused(tmp_path, mnist_val):
+    """mnist-q6's weights with a context model that is not one (a coding order that is no permutation, a
+    latent predicted from a later one), under a card that vouches for them: one line naming the file, exit 2,
+    nothing written."""
+    import hashlib
+    import json
+
+    from safetensors.torch import load_file, save
+
+    from kaecompress.zoo import trained_dir
+
+    state = load_file(trained_dir() / "mnist-q6.safetensors")
+    for broken in ({"prior.context_order": torch.zeros_like(state["prior.context_order"])},
+                   {"prior.context_weights": state["prior.context_weights"].clone().index_put_(
+                       (torch.tensor(0), torch.tensor(5)), torch.tensor(7, dtype=torch.int32))}):
+        data = save({**state, **broken})
+        (tmp_path / "bad.safetensors").write_bytes(data)
+        card = json.loads((trained_dir() / "mnist-q6.json").read_text())
+        card.update(name="bad", weights_file="bad.safetensors", file_sha256=hashlib.sha256(data).hexdigest())
+        (tmp_path / "bad.json").write_text(json.dumps(card))
+        r = kaec("encode", digit_png(tmp_path / "d.png", mnist_val[0]), "-o", tmp_path / "d.kae", "--model",
+                 tmp_path / "bad.safetensors")
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+        assert "bad.safetensors" in r.stderr and "context model" in r.stderr
+        assert not (tmp_path / "d.kae").exists()
+
+
 if __name__ == "__main__":
     import sys
 
