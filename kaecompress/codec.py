@@ -291,9 +291,7 @@ class Codec:
 
         symbols = [enc.latents.astype(np.int64) for enc in encoded]
         if self.context is not None and symbols:  # what is coded is each latent's residual
-            flat = self.context.residuals(np.concatenate([s.reshape(-1, self.latent_dim) for s in symbols]))
-            starts = np.cumsum([0] + [s.size // self.latent_dim for s in symbols])
-            symbols = [flat[a:b].reshape(s.shape) for s, a, b in zip(symbols, starts[:-1], starts[1:])]
+            symbols = self._all_at_once(self.context.residuals, symbols)
         return [bitstream.write(s, width=enc.width, height=enc.height, mode=enc.mode, fit=enc.fit, tables=self.tables,
                                 weights_sha256=self.loaded.weights_sha256, codec_id=self.loaded.card.get("codec_id"),
                                 tile=(self.height, self.width)) for s, enc in zip(symbols, encoded)]
@@ -308,18 +306,23 @@ class Codec:
         """Many .kae version 2 files back to latents, as `from_kae` reads each; a context model restores the
         latents of all their tiles at once (far cheaper than file by file)."""
         read = [self._symbols(data, where, max_pixels) for data, where in zip(files, names)]
-        if self.context is not None and read:
-            rows = [s.reshape(-1, self.latent_dim) for s, _ in read]
+        symbols = [s for s, _ in read]
+        if self.context is not None and symbols:
             try:
-                flat = self.context.restore(np.concatenate(rows))
+                symbols = self._all_at_once(self.context.restore, symbols)
             except KaecError:  # a crafted file: find it, to name it
-                for r, where in zip(rows, names):
-                    self.context.restore(r, where)
+                for s, where in zip(symbols, names):
+                    self.context.restore(s.reshape(-1, self.latent_dim), where)
                 raise
-            starts = np.cumsum([0] + [len(r) for r in rows])
-            read = [(flat[a:b].reshape(s.shape), full) for (s, full), a, b in zip(read, starts[:-1], starts[1:])]
         return [Encoded(s.astype(np.float32), full.width, full.height, full.mode, full.fit, self.loaded.name,
-                        self.loaded.weights_sha256) for s, full in read]
+                        self.loaded.weights_sha256) for s, (_, full) in zip(symbols, read)]
+
+    def _all_at_once(self, fn, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """`fn` (latent vectors (N, D) -> (N, D)) applied to the vectors of all `arrays` in one call, the
+        result cut back into their shapes."""
+        flat = fn(np.concatenate([a.reshape(-1, self.latent_dim) for a in arrays]))
+        starts = np.cumsum([0] + [a.size // self.latent_dim for a in arrays])
+        return [flat[a:b].reshape(x.shape) for x, a, b in zip(arrays, starts[:-1], starts[1:])]
 
     def _symbols(self, data: bytes, where: str, max_pixels: int):
         """The coded integers of one file (planes, tiles_y, tiles_x, D) and its header with sizes filled in."""

@@ -45,6 +45,8 @@ class LinearContext:
 
     def __post_init__(self) -> None:
         check(self.order, self.weights, self.bias)
+        for name in ARRAYS:  # checked as given (floats refused), then held as int64
+            object.__setattr__(self, name, np.asarray(getattr(self, name)).astype(np.int64))
 
     @property
     def dims(self) -> int:
@@ -184,9 +186,8 @@ def check(order: np.ndarray, weights: np.ndarray, bias: np.ndarray, where: str =
         raise KaecError(f"{where}: weights or bias beyond the bounds that keep the arithmetic exact")
 
 
-def from_arrays(arrays: dict[str, np.ndarray], where: str = "context model") -> LinearContext:
-    check(*(arrays[k] for k in ARRAYS), where=where)
-    return LinearContext(*(np.asarray(arrays[k]).astype(np.int64) for k in ARRAYS))
+def from_arrays(arrays: dict[str, np.ndarray]) -> LinearContext:
+    return LinearContext(*(arrays[k] for k in ARRAYS))
 
 
 def fit(latents: np.ndarray, raw_cost: np.ndarray, ridge: float = 1e-6) -> tuple[LinearContext, np.ndarray]:
@@ -231,12 +232,12 @@ def entropy_bits(values: np.ndarray) -> float:
     return float(-(p * np.log2(p)).sum())
 
 
-def histogram_pmf(values: np.ndarray, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def histogram_pmf(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-column smoothed probabilities of integer values (N, D) for an integer table: (D, K) masses of
     offsets[d] .. offsets[d]+K-1, each column's observed range widened by one on each side, half a count
-    added to every integer in it; K is the widest range (or `width` if larger)."""
+    added to every integer in it; K is the widest range."""
     low, high = values.min(axis=0) - 1, values.max(axis=0) + 1
-    k = max(int((high - low).max()) + 1, width or 0)
+    k = int((high - low).max()) + 1
     pmf = np.zeros((values.shape[1], k))
     for c in range(values.shape[1]):
         span = int(high[c] - low[c]) + 1

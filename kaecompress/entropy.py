@@ -120,7 +120,6 @@ class FactorizedPrior(nn.Module):
             raise KaecError(f"context model for {fitted.dims} latents in a model of {self.dim}")
         return fitted
 
-    @torch.no_grad()
     def fit_context(self, latents: np.ndarray) -> int:
         """Fit a linear context model to the integer latents (N, D) of training images; keep it, with tables
         for the residuals of the dimensions it predicts, when it predicts any. Returns how many it predicts.
