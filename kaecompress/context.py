@@ -31,6 +31,7 @@ RESIDUAL_LIMIT = 2**52     # residuals (of latents within LATENT_LIMIT) stay bel
 ROW_LIMIT = 2**21          # bound on sum_j |weights[i, j]|: keeps the float64 sums exact (see above)
 MAX_WEIGHT = 2**(SHIFT + 4)  # |w| < 16 in real terms
 FIXED_POINT_VECTORS = 4    # restore() iterates to a fixed point for this many vectors or fewer
+RESTORE_BLOCK = 32         # restore() of a batch: dimensions per block (2.3x faster than one at a time)
 MIN_GAIN_BITS = 0.01       # a prediction must save this much per latent on the training set to be kept
 ARRAYS = ("order", "weights", "bias")
 
@@ -71,10 +72,11 @@ class LinearContext:
         """The latents (N, D) int64 whose residuals are given. A value beyond the latent bound (only a crafted
         file gets one) is an error.
 
-        Many vectors: one step per predicted dimension, each over all N at once. A few (a file of one tile):
-        y <- residuals + prediction(y) for all dimensions at once, until nothing changes. Weights strictly lower
-        triangular (in coding order) make the first k dimensions exact after k rounds, so it ends, and a fixed
-        point within the bounds is the one solution; on the shipped models it takes 9-25 rounds, not D steps."""
+        Many vectors: one step per predicted dimension, each over all N at once (blocks of dimensions share one
+        product for the earlier ones). A few (a file of one tile): y <- residuals + prediction(y) for all
+        dimensions at once, until nothing changes. Weights strictly lower triangular (in coding order) make the
+        first k dimensions exact after k rounds, so it ends, and a fixed point within the bounds is the one
+        solution; on the shipped models it takes 9-25 rounds, not D steps."""
         r = _as_latents(residuals, self.dims, where, RESIDUAL_LIMIT)
         with _one_blas_thread():
             out = self._restore(r)
@@ -103,8 +105,18 @@ class LinearContext:
         else:
             weights, bias = self._in_coding_order
             y = np.ascontiguousarray(r[:, self.order].T, dtype=np.float64)  # (D, N): rows are dimensions
-            for i in self.predicted:
-                y[i] += np.floor((weights[i, :i] @ y[:i] + bias[i]) * 2.0 ** -SHIFT)
+            predicted = self.predicted
+            for start in range(0, self.dims, RESTORE_BLOCK):
+                # The sums over the dimensions before this block in one product, then one dimension at a time
+                # within it (exact integers, so the order of the additions does not matter).
+                stop = min(start + RESTORE_BLOCK, self.dims)
+                rows = predicted[(predicted >= start) & (predicted < stop)]
+                if not len(rows):
+                    continue
+                sums = weights[start:stop, :start] @ y[:start]
+                sums += bias[start:stop, None]
+                for i in rows:
+                    y[i] += np.floor((sums[i - start] + weights[i, start:i] @ y[start:i]) * 2.0 ** -SHIFT)
             out = np.empty(r.shape)
             out[:, self.order] = y.T
             return out

@@ -347,9 +347,9 @@ def _shortest_in_interval(enc) -> bytes | None:
     position, (lower, width) = enc.pos()
     if lower > _LAST_LOWER:
         return None
-    if position:  # the words already out go above the 64-bit state, last word lowest
-        for k, word in enumerate(enc.get_compressed()[position - 1::-1].tolist()):
-            lower |= word << (64 + 32 * k)
+    if position:  # the words already out go above the 64-bit state, in order (reversed, read little-endian)
+        words = enc.get_compressed()[position - 1::-1].astype("<u4", copy=False)
+        lower |= int.from_bytes(words.tobytes(), "little") << 64
     return _shortest_bytes(lower, width, 32 * position + 64)
 
 

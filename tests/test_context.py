@@ -27,19 +27,22 @@ def _random_context(d: int, seed: int, scale: int) -> LinearContext:
     return LinearContext(rng.permutation(d), weights, rng.integers(-2**20, 2**20, d))
 
 
-@pytest.mark.parametrize("magnitude, scale, float32", [(40, 2**12, True), (40, (context.ROW_LIMIT - 1) // 24, False),
-                                                       (2**30, (context.ROW_LIMIT - 1) // 24, False)])
+D = 2 * context.RESTORE_BLOCK + 6  # a batch's restore goes through whole blocks and a partial one
+
+
+@pytest.mark.parametrize("magnitude, scale, float32", [(40, 2**12, True), (40, (context.ROW_LIMIT - 1) // D, False),
+                                                       (2**30, (context.ROW_LIMIT - 1) // D, False)])
 def test_residuals_match_integer_arithmetic_and_restore_exactly(magnitude, scale, float32):
     """Against Python's exact integers, up to the largest latents and row weights the bounds allow, on the
     float32 product (sums below 2**24) and the float64 one."""
-    d = 24
+    d = D
     ctx = _random_context(d, seed=magnitude % 97, scale=scale)
     assert np.abs(ctx.weights).sum(axis=1).max() < context.ROW_LIMIT
     y = np.random.default_rng(1).integers(-magnitude, magnitude, (50, d))
     assert context._exact_in_float32(y, ctx._bound) == float32
     r = ctx.residuals(y)
     assert np.array_equal(r, _reference_residuals(ctx, y))
-    assert np.array_equal(ctx.restore(r), y)  # many vectors: dimension by dimension
+    assert np.array_equal(ctx.restore(r), y)  # many vectors: dimension by dimension, in blocks
     for n in range(5):  # one vector (a one-tile file): iterated to its fixed point
         assert np.array_equal(ctx.restore(r[n:n + 1]), y[n:n + 1])
 
