@@ -7,8 +7,9 @@ spinning pool competes with the Python coding that follows on a 2-core machine:
   encode, whole:          encoder.onnx, rounding, then bitstream.write_tiles (one file per digit)
   decode, network alone:  decoder.onnx on the batch's latents
   decode, whole:          bitstream.read_tiles on the batch's files, then decoder.onnx
-and the coding alone, both with the batch API and file by file (bitstream.write / read_payload), also in
-CPU time of its thread (stable while other work shares the machine).
+and the coding alone, with the batch API (the compiled coder of kaecompress.rangekernel from
+rangecoder.COMPILED_FROM files on), the batch API held to constriction, and file by file (bitstream.write /
+read_payload), also in CPU time of its thread (stable while other work shares the machine).
 Goal: whole <= 1.5x network alone, both ways (about >= 20,000 digits/s encode, >= 10,000/s decode on an
 idle 2-core machine). A codec model (one with probability tables) is measured with its own tables (and its
 context model, where it has one: residuals computed before coding, latents restored after); any other
@@ -108,12 +109,24 @@ def main() -> None:
         symbols = bitstream.read_tiles(files, tables=tables, weights_sha256=sha, tile=(h, w))[1]
         return restored(symbols).astype(np.float32)
 
+    def constriction_only(fn):  # the batch API as it codes without numba
+        def run(arg):
+            saved, rangecoder.COMPILED_FROM = rangecoder.COMPILED_FROM, 10**9
+            try:
+                return fn(arg)
+            finally:
+                rangecoder.COMPILED_FROM = saved
+        return run
+
     integers = latents.astype(np.int64)
     files = write_batch(integers)
     assert files == write_each(integers)  # both APIs write the same bytes
+    assert files == constriction_only(write_batch)(integers)  # the compiled coder writes constriction's bytes
     assert np.array_equal(read_batch(files), latents) and np.array_equal(read_each(files), latents)
     coding = {"encode, file by file": lambda: write_each(integers), "encode, batch API": lambda: write_batch(integers),
-              "decode, file by file": lambda: read_each(files), "decode, batch API": lambda: read_batch(files)}
+              "encode, batch API, constriction": lambda: constriction_only(write_batch)(integers),
+              "decode, file by file": lambda: read_each(files), "decode, batch API": lambda: read_batch(files),
+              "decode, batch API, constriction": lambda: constriction_only(read_batch)(files)}
     jobs = {f"coding + container alone, {k}": v for k, v in coding.items()}
     for spin, (enc, dec) in sessions.items():
         jobs[f"encode, network alone ({spin})"] = lambda enc=enc: enc.run(None, {"images": x})[0]
@@ -131,7 +144,7 @@ def main() -> None:
           f"batch {n}, onnxruntime CPU, {args.rounds} rounds x {args.iters}")
     print(f"files: {np.mean([len(f) for f in files]):.2f} bytes on average (header + check 3 bytes)")
     for name, t in med.items():
-        print(f"  {name:44s} {n / t:10,.0f} digits/s  {t / n * 1e6:7.1f} us/digit")
+        print(f"  {name:58s} {n / t:10,.0f} digits/s  {t / n * 1e6:7.1f} us/digit")
     for name, fn in coding.items():
         cpu = []
         for _ in range(args.rounds):  # CPU time of this thread: what the coding costs on an idle core

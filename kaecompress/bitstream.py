@@ -150,9 +150,7 @@ def write_tiles(symbols: np.ndarray, *, tables: rangecoder.IntegerTables, weight
         return [write(row.reshape(1, 1, 1, -1), width=width, height=height, mode="L", fit="tile", tables=tables,
                       weights_sha256=weights_sha256, codec_id=codec_id, tile=tile) for row in sym]
     head = bytes([_COMPACT | codec_id])
-    start = binascii.crc_hqx(head, identity[1])
-    return [head + payload + binascii.crc_hqx(payload, start).to_bytes(CHECK_BYTES, "big")
-            for payload in rangecoder.encode_each(sym, tables)]
+    return rangecoder.encode_each(sym, tables, head=head, crc_start=binascii.crc_hqx(head, identity[1]))
 
 
 # ---- reading ----------------------------------------------------------------------------------------

@@ -292,9 +292,21 @@ class Codec:
         symbols = [enc.latents.astype(np.int64) for enc in encoded]
         if self.context is not None and symbols:  # what is coded is each latent's residual
             symbols = self._all_at_once(self.context.residuals, symbols)
-        return [bitstream.write(s, width=enc.width, height=enc.height, mode=enc.mode, fit=enc.fit, tables=self.tables,
-                                weights_sha256=self.loaded.weights_sha256, codec_id=self.loaded.card.get("codec_id"),
-                                tile=(self.height, self.width)) for s, enc in zip(symbols, encoded)]
+        sha, codec_id, tile = self.loaded.weights_sha256, self.loaded.card.get("codec_id"), (self.height, self.width)
+        files = [None] * len(encoded)
+        tiles = [i for i, (s, enc) in enumerate(zip(symbols, encoded))  # one grey tile of the model's size
+                 if s.shape[:3] == (1, 1, 1) and enc.mode == "L" and enc.fit == "tile"
+                 and (enc.height, enc.width) == tile]
+        if tiles:  # the batch API: the same bytes, a fraction of the cost per file
+            rows = np.stack([symbols[i].reshape(-1) for i in tiles])
+            for i, data in zip(tiles, bitstream.write_tiles(rows, tables=self.tables, weights_sha256=sha,
+                                                            codec_id=codec_id, tile=tile)):
+                files[i] = data
+        for i, (s, enc) in enumerate(zip(symbols, encoded)):
+            if files[i] is None:
+                files[i] = bitstream.write(s, width=enc.width, height=enc.height, mode=enc.mode, fit=enc.fit,
+                                           tables=self.tables, weights_sha256=sha, codec_id=codec_id, tile=tile)
+        return files
 
     # -- decompress --
     def from_kae(self, data: bytes, where: str, max_pixels: int = MAX_PIXELS) -> Encoded:
@@ -305,8 +317,21 @@ class Codec:
                       max_pixels: int = MAX_PIXELS) -> list[Encoded]:
         """Many .kae version 2 files back to latents, as `from_kae` reads each; a context model restores the
         latents of all their tiles at once (far cheaper than file by file)."""
-        read = [self._symbols(data, where, max_pixels) for data, where in zip(files, names)]
-        symbols = [s for s, _ in read]
+        from kaecompress import bitstream
+
+        headers = [self._header(data, where, max_pixels) for data, where in zip(files, names)]
+        symbols = [None] * len(files)
+        compact = [i for i, (header, _) in enumerate(headers) if header.compact]  # one tile each
+        if compact:  # the batch API, as read_payload checks each
+            rows = bitstream.read_tiles([files[i] for i in compact], tables=self.tables,
+                                        weights_sha256=self.loaded.weights_sha256, tile=(self.height, self.width),
+                                        names=[names[i] for i in compact])[1]
+            for i, row in zip(compact, rows):
+                symbols[i] = row.reshape(1, 1, 1, -1)
+        for i, (data, where) in enumerate(zip(files, names)):
+            if symbols[i] is None:
+                symbols[i] = bitstream.read_payload(data, headers[i][0], self.tables, self.loaded.weights_sha256,
+                                                    (self.height, self.width), where)
         if self.context is not None and symbols:
             try:
                 symbols = self._all_at_once(self.context.restore, symbols)
@@ -315,7 +340,7 @@ class Codec:
                     self.context.restore(s.reshape(-1, self.latent_dim), where)
                 raise
         return [Encoded(s.astype(np.float32), full.width, full.height, full.mode, full.fit, self.loaded.name,
-                        self.loaded.weights_sha256) for s, (_, full) in zip(symbols, read)]
+                        self.loaded.weights_sha256) for s, (_, full) in zip(symbols, headers)]
 
     def _all_at_once(self, fn, arrays: list[np.ndarray]) -> list[np.ndarray]:
         """`fn` (latent vectors (N, D) -> (N, D)) applied to the vectors of all `arrays` in one call, the
@@ -324,8 +349,9 @@ class Codec:
         starts = np.cumsum([0] + [a.size // self.latent_dim for a in arrays])
         return [flat[a:b].reshape(x.shape) for x, a, b in zip(arrays, starts[:-1], starts[1:])]
 
-    def _symbols(self, data: bytes, where: str, max_pixels: int):
-        """The coded integers of one file (planes, tiles_y, tiles_x, D) and its header with sizes filled in."""
+    def _header(self, data: bytes, where: str, max_pixels: int):
+        """A file's header as read and, with the sizes filled in, as decoded, once it is shown to be this
+        model's and within the pixel limit."""
         from kaecompress import bitstream
         from kaecompress.zoo import by_codec_id
 
@@ -338,9 +364,7 @@ class Codec:
                             f"{self.loaded.name}" + (f"; use --model {made_by}" if made_by else ""))
         full = header.with_tile((self.height, self.width))
         check_pixels(full.width, full.height, where, max_pixels)
-        symbols = bitstream.read_payload(data, header, self.tables, self.loaded.weights_sha256,
-                                         (self.height, self.width), where)
-        return symbols, full
+        return header, full
 
     def check_model(self, enc: Encoded, where: str) -> None:
         ours = self.loaded.weights_sha256

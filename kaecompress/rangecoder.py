@@ -19,6 +19,7 @@ appended (the last kept byte may be raised by one); `encode` checks this by deco
 
 from __future__ import annotations
 
+import binascii
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -115,6 +116,13 @@ class IntegerTables:
     @cached_property
     def _bits_flat(self) -> np.ndarray:
         return self._bits.ravel()
+
+    @cached_property
+    def _model_cdf(self) -> np.ndarray:
+        """The 24-bit cumulative table constriction codes with (see rangekernel.model_cdf)."""
+        from kaecompress.rangekernel import model_cdf
+
+        return model_cdf(self.freqs, self.precision)
 
     @cached_property
     def _row_starts(self) -> np.ndarray:
@@ -285,46 +293,83 @@ def encode(symbols: np.ndarray, tables: IntegerTables) -> bytes:
     return _shortest_by_search(enc.get_compressed().astype(">u4").tobytes(), decodes)
 
 
-def encode_each(symbols: np.ndarray, tables: IntegerTables) -> list[bytes]:
+def encode_each(symbols: np.ndarray, tables: IntegerTables, head: bytes = b"",
+                crc_start: int | None = None) -> list[bytes]:
     """`[encode(row[None], tables) for row in symbols]`, the same bytes, for N one-tile files (N, D) at once:
     the checks and index arithmetic run over the whole batch, a file with escapes takes `encode`, and the
-    payloads are not decoded again as `encode` does (`_shortest_in_interval` is exact)."""
+    payloads are not decoded again as `encode` does (`_shortest_in_interval` is exact). From COMPILED_FROM
+    files on, the files without escapes go through the compiled coder (`rangekernel`). Each payload comes as
+    `head + payload`, then, with `crc_start`, its 2-byte `binascii.crc_hqx(payload, crc_start)`."""
     sym = _as_symbols(symbols, tables)
     if not len(sym):
         return []
     rel = sym - tables._offsets64
     plain = rel.view(np.uint64).max(axis=1) < tables.symbols - 1
     index = rel.astype(np.int32)
+    kernel = _compiled(len(sym))
+    if kernel is not None:
+        out = [None] * len(sym)
+        rows = np.flatnonzero(plain)
+        for i, data in zip(rows.tolist(), kernel.encode(index[rows], tables._model_cdf, head, crc_start)):
+            out[i] = data
+        for i in np.flatnonzero(~plain).tolist():
+            out[i] = _framed(encode(sym[i:i + 1], tables), head, crc_start)
+        return out
     models = _models or _get_models()
     family, probs, encoder = models.categorical, tables._probs, models.encoder
     out = []
     for i, (row, ok) in enumerate(zip(index, plain.tolist())):
+        best = None
         if ok:
             enc = encoder()
             enc.encode(row, family, probs)
             best = _shortest_in_interval(enc)  # exact, so not decoded again here (tests decode every file)
-            if best is not None:
-                out.append(best)
-                continue
-        out.append(encode(sym[i:i + 1], tables))
+        out.append(_framed(best if best is not None else encode(sym[i:i + 1], tables), head, crc_start))
     return out
+
+
+def _framed(payload: bytes, head: bytes, crc_start: int | None) -> bytes:
+    if crc_start is None:
+        return head + payload
+    return head + payload + binascii.crc_hqx(payload, crc_start).to_bytes(2, "big")
+
+
+COMPILED_FROM = 64  # files a batch needs before numba's start-up (about half a second, once) pays off
+
+
+def _compiled(files: int):
+    """The compiled coder (module rangekernel) for a batch of this many files, or None (constriction)."""
+    if files < COMPILED_FROM:
+        return None
+    try:
+        from kaecompress import rangekernel
+    except ImportError:  # numba missing (it is a dependency): constriction codes the batch
+        return None
+    return rangekernel
 
 
 def decode_each(payloads, tables: IntegerTables, names=None) -> np.ndarray:
     """`np.concatenate([decode(p, tables, 1) for p in payloads])`, for N one-tile payloads at once (N, D)
     int32. A damaged payload is a KaecError naming it (`names[i]`, else its position)."""
     d, k = tables.dims, tables.symbols
-    models = _models or _get_models()
-    family, probs = models.categorical, tables._probs
-    index = np.empty((len(payloads), d), dtype=np.int32)
-    for i, payload in enumerate(payloads):
-        try:
-            index[i] = models.decoder(_words(payload)).decode(family, probs)
-        except BaseException as e:
-            if isinstance(e, (KeyboardInterrupt, SystemExit, MemoryError)):
-                raise
-            where = names[i] if names is not None else f"file {i} of the batch"
-            raise KaecError(f"{where}: entropy-coded payload is damaged ({type(e).__name__})") from None
+    kernel = _compiled(len(payloads))
+    if kernel is not None:
+        index, bad = kernel.decode(payloads, tables._model_cdf)
+        if bad >= 0:  # constriction's InvalidData
+            where = names[bad] if names is not None else f"file {bad} of the batch"
+            raise KaecError(f"{where}: entropy-coded payload is damaged (invalid data)")
+    else:
+        models = _models or _get_models()
+        family, probs = models.categorical, tables._probs
+        index = np.empty((len(payloads), d), dtype=np.int32)
+        for i, payload in enumerate(payloads):
+            try:
+                index[i] = models.decoder(_words(payload)).decode(family, probs)
+            except BaseException as e:
+                if isinstance(e, (KeyboardInterrupt, SystemExit, MemoryError)):
+                    raise
+                where = names[i] if names is not None else f"file {i} of the batch"
+                raise KaecError(f"{where}: entropy-coded payload is damaged ({type(e).__name__})") from None
     values = index + tables.offsets
     for i in np.nonzero((index == k - 1).any(axis=1))[0]:  # escapes: rare, decoded in full
         try:

@@ -12,6 +12,7 @@ from PIL import Image
 from conftest import isolated_python, kaec
 from test_train import StopAt
 
+from kaecompress import rangecoder
 from kaecompress.errors import KaecError
 
 CODEC = """
@@ -457,6 +458,13 @@ def test_golden_files_of_shipped_models_decode_bit_exact(model, tmp_path):
         assert r.returncode == 0, r.stderr
         onnx = np.asarray(Image.open(tmp_path / f"{kae.stem}-onnx.png")).astype(int)
         assert np.abs(onnx - expected).max() <= 1, kae.name
+    # a batch large enough for the compiled coder (rangekernel), the row image among the digits: same bytes
+    copies = rangecoder.COMPILED_FROM // len(files) + 1
+    encoded = codec.compress_many([Image.open(k.with_suffix(".png")) for k in files] * copies)
+    expected = [k.read_bytes() for k in files] * copies
+    assert codec.to_kae_many(encoded) == expected
+    back = codec.from_kae_many(expected, [k.name for k in files] * copies)
+    assert all(np.array_equal(b.latents, e.latents) for b, e in zip(back, encoded))
 
 
 def test_a_file_whose_latents_restore_beyond_32_bits_is_refused(tmp_path):
