@@ -343,7 +343,7 @@ def _compiled(files: int):
         return None
     try:
         from kaecompress import rangekernel
-    except ImportError:  # numba missing (it is a dependency): constriction codes the batch
+    except (ImportError, RuntimeError):  # numba missing, or no folder to cache its code in: constriction
         return None
     return rangekernel
 
