@@ -109,6 +109,14 @@ def _check(identity: tuple[bytes, int], body: bytes) -> bytes:
     return binascii.crc_hqx(body, identity[1]).to_bytes(CHECK_BYTES, "big")
 
 
+def one_tile(grid: tuple[int, int, int], *, width: int, height: int, mode: str, fit: str,
+             tile: tuple[int, int] | None) -> bool:
+    """Whether an image is one grey tile of the model's size (`tile`: height, width): what `write_tiles`
+    writes, and what gets the 1-byte header with a compact codec id."""
+    return (tuple(grid) == (1, 1, 1) and mode == "L" and fit == "tile" and tile is not None
+            and (height, width) == tuple(tile))
+
+
 def write(symbols: np.ndarray, *, width: int, height: int, mode: str, fit: str,
           tables: rangecoder.IntegerTables, weights_sha256: str, codec_id: int | None,
           tile: tuple[int, int] | None = None) -> bytes:
@@ -126,8 +134,8 @@ def write(symbols: np.ndarray, *, width: int, height: int, mode: str, fit: str,
     planes, ty, tx, d = sym.shape
     if not 1 <= planes <= 4 or width < 1 or height < 1 or width * height > MAX_PIXELS:
         raise KaecError(f"image {width}x{height} with {planes} planes: outside what a .kae file holds")
-    if (codec_id is not None and codec_id <= MAX_COMPACT_ID and (planes, ty, tx) == (1, 1, 1) and mode == "L"
-            and fit == "tile" and tile is not None and (height, width) == tuple(tile)):
+    if (codec_id is not None and codec_id <= MAX_COMPACT_ID
+            and one_tile((planes, ty, tx), width=width, height=height, mode=mode, fit=fit, tile=tile)):
         head = bytes([_COMPACT | codec_id])
     else:
         flags = (codec_id is not None) | (FITS.index(fit) << 1) | (MODES.index(mode) << 2)

@@ -294,9 +294,8 @@ class Codec:
             symbols = self._all_at_once(self.context.residuals, symbols)
         sha, codec_id, tile = self.loaded.weights_sha256, self.loaded.card.get("codec_id"), (self.height, self.width)
         files = [None] * len(encoded)
-        tiles = [i for i, (s, enc) in enumerate(zip(symbols, encoded))  # one grey tile of the model's size
-                 if s.shape[:3] == (1, 1, 1) and enc.mode == "L" and enc.fit == "tile"
-                 and (enc.height, enc.width) == tile]
+        tiles = [i for i, enc in enumerate(encoded) if bitstream.one_tile(enc.grid, width=enc.width, height=enc.height,
+                                                                          mode=enc.mode, fit=enc.fit, tile=tile)]
         if tiles:  # the batch API: the same bytes, a fraction of the cost per file
             rows = np.stack([symbols[i].reshape(-1) for i in tiles])
             for i, data in zip(tiles, bitstream.write_tiles(rows, tables=self.tables, weights_sha256=sha,
