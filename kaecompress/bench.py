@@ -150,12 +150,12 @@ def environment(threads: int | None) -> dict:
             else None}
 
 
-def cuda_sessions(folder, threads):
-    """Encoder and decoder sessions on CUDA, refusing to run when CUDA is not really in use."""
+def cuda_sessions(folder, threads, flag: str = "--provider cuda"):
+    """Encoder and decoder sessions on CUDA, refusing to run when CUDA is not really in use (errors name `flag`)."""
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
-        raise KaecError("--provider cuda: this onnxruntime has no CUDA support; install the GPU build in an "
+        raise KaecError(f"{flag}: this onnxruntime has no CUDA support; install the GPU build in an "
                         "environment without the CPU one: pip uninstall onnxruntime && pip install -e '.[gpu]' "
                         "(in the kaecompress checkout)")
     import torch
@@ -164,7 +164,7 @@ def cuda_sessions(folder, threads):
 
     if torch.version.cuda and not torch.cuda.is_available():
         # Said here in one line; onnxruntime would log a screenful about libcuda and then fall back.
-        raise KaecError("--provider cuda: CUDA is not usable here: no GPU or driver is visible (torch.cuda."
+        raise KaecError(f"{flag}: CUDA is not usable here: no GPU or driver is visible (torch.cuda."
                         "is_available() is False)")
     if hasattr(ort, "preload_dlls"):
         ort.preload_dlls()  # CUDA and cuDNN from the nvidia-* wheels torch installed; no LD_LIBRARY_PATH needed
@@ -173,8 +173,8 @@ def cuda_sessions(folder, threads):
     for s in sessions:
         # onnxruntime falls back to CPU with only a logged error; the session's own list tells the truth.
         if s.get_providers()[0] != "CUDAExecutionProvider":
-            raise KaecError(f"--provider cuda: CUDA is not usable here (the session runs on {s.get_providers()}); "
-                            "refusing to report CPU figures as CUDA")
+            raise KaecError(f"{flag}: CUDA is not usable here (the session runs on {s.get_providers()}); "
+                            "refusing to run on the CPU under a CUDA label")
     return sessions
 
 

@@ -108,7 +108,7 @@ class OnnxBackend:
         if provider == "cuda":  # checked: onnxruntime would fall back to the CPU with only a log line
             from kaecompress.bench import cuda_sessions
 
-            self.encoder, self.decoder = cuda_sessions(folder, threads)
+            self.encoder, self.decoder = cuda_sessions(folder, threads, "--device cuda")
             return
         # Idle threads that spin would take the core the entropy coding between network calls needs.
         self.encoder = onnx_session(folder / "encoder.onnx", provider, threads, spinning=False)

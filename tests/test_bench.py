@@ -126,8 +126,10 @@ def test_a_cuda_session_that_fell_back_to_cpu_is_refused(exported_tiny, monkeypa
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     available = ort.get_available_providers()
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", *available])
-    with pytest.raises(KaecError, match=r"session runs on \['CPUExecutionProvider'\]"):
+    with pytest.raises(KaecError, match=r"^--provider cuda: .*session runs on \['CPUExecutionProvider'\]"):
         cuda_sessions(exported_tiny[1], None)
+    with pytest.raises(KaecError, match=r"^--device cuda: .*session runs on \['CPUExecutionProvider'\]"):
+        cuda_sessions(exported_tiny[1], None, "--device cuda")  # as the codec's onnx backend asks
 
 
 def _cuda_ready() -> bool:
