@@ -44,14 +44,15 @@ def test_an_unknown_device_is_refused(digits, tmp_path):
 
 
 def test_device_auto_runs_where_it_can(digits, tmp_path):
-    """`auto` is the CPU on a machine without CUDA: the same files as --device cpu, byte for byte."""
+    """`auto` is the CPU on a machine without CUDA: the same files as --device cpu, byte for byte. On a GPU
+    (mnist-q4 on an H200: 48 of 10,000 files differ, a latent rounded the other way) nearly all of them."""
     for device in ("cpu", "auto"):
         r = kaec("encode", digits, "-o", tmp_path / device, "--device", device, "-q", "4")
         assert r.returncode == 0, r.stderr
     cpu = sorted((tmp_path / "cpu").iterdir())
     assert len(cpu) == 300
     same = [f.read_bytes() == (tmp_path / "auto" / f.name).read_bytes() for f in cpu]
-    assert all(same) if not _cuda() else sum(same) >= 297
+    assert all(same) if not _cuda() else sum(same) >= 290
 
 
 def _decode(folder, out, device):
