@@ -26,7 +26,8 @@ from PIL import Image
 
 from kaecompress.codec import Codec
 from kaecompress.data import load_images
-from kaecompress.metrics import psnr
+from kaecompress.codecstats import to_pixels
+from kaecompress.metrics import psnr_8bit
 from kaecompress.zoo import families, load_model
 
 
@@ -68,8 +69,7 @@ def measure(name: str, pixels: np.ndarray, devices: list[str], backend: str = "t
         out, t_dec = timed(codec.decompress_many, read)
         decoded[d] = (np.stack([e.latents for e in read]), np.stack([np.asarray(im) for im in out]))
         row["devices"][d]["decode_images_per_s"] = len(images) / (t_read + t_dec)
-        row["devices"][d]["psnr_db"] = statistics.fmean(
-            psnr(float((((im.astype(np.float64) - p) / 255.0) ** 2).mean())) for im, p in zip(decoded[d][1], pixels))
+        row["devices"][d]["psnr_db"] = float(psnr_8bit(pixels, decoded[d][1], cap=None).mean())
     for d in devices[1:]:
         row[f"identical_files_{first}_{d}"] = sum(a == b for a, b in zip(files[first], files[d]))
         row[f"latents_equal_{first}_{d}"] = bool(np.array_equal(decoded[first][0], decoded[d][0]))
@@ -90,7 +90,7 @@ def main() -> int:
     devices = args.devices.split(",")
     rows = []
     for fam in args.family or list(families()):
-        pixels = np.rint(load_images(fam, False)[: args.images, 0].numpy() * 255).astype(np.uint8)
+        pixels = to_pixels(load_images(fam, False)[: args.images, 0])
         for name in families()[fam]:
             row = measure(name, pixels, devices, args.backend)
             rows.append(row)

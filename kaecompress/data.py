@@ -77,7 +77,7 @@ def _load_idx_dataset(name: str, train: bool, root: Path):
     except (OSError, ValueError) as e:
         raise KaecError(f"{raw}: corrupt {name} data ({e}); delete the folder to prepare it again") from None
     images = np.frombuffer(data, np.uint8, offset=16).reshape(count, 1, 28, 28)
-    return torch.from_numpy(images.copy()).float().div_(255.0)
+    return torch.from_numpy(images.astype(np.float32)).div_(255.0)  # one copy: the bytes are read-only
 
 
 def prepare(name: str, root: str | Path | None = None) -> Path:
