@@ -77,10 +77,14 @@ def encode(
                                           "family for --dataset (0 = smallest files; see `kaec models`)."),
     dataset: str = typer.Option("mnist", "--dataset", help="Which codec family --quality (and the default "
                                 "model) picks from: mnist or fashion-mnist."),
+    rdo: int = typer.Option(0, "--rdo", min=0, max=16, help="Codec models: N passes of rate–distortion optimised "
+                            "rounding (2 is a good choice): about the same bytes, 1-3 dB more PSNR; each pass runs "
+                            "the decoder once per tile and latent. 0: plain rounding."),
     as_json: bool = JSON,
 ) -> None:
     """Compress images to latents. A sample of each image's tiles is decoded again, and an image that
     reconstructs far worse than the model's own test images gets a one-line warning."""
+    from kaecompress.cli.progress import search_progress
     from kaecompress.codec import Codec, open_image
     from kaecompress.containers import QUANTS, SUFFIXES, serialize
     from kaecompress.data import IMAGE_SUFFIXES
@@ -102,8 +106,11 @@ def encode(
 
     loaded = load_model(_encoding_model(model, quality, dataset))
     _set_threads()
-    codec = Codec(loaded, backend, batch_size, data_root, device)
-    encoded = codec.compress_many(images, fit, check_domain=True)
+    codec = Codec(loaded, backend, batch_size, data_root, device, rdo_sweeps=rdo)
+    if rdo and not codec.rate_model:
+        raise KaecError(f"--rdo: {loaded.name} has no probability model (expected a codec model: see `kaec models`)")
+    with search_progress(codec, quiet=as_json):
+        encoded = codec.compress_many(images, fit, check_domain=True)
     coded = [i for i, dst in enumerate(targets) if codec.rate_model and dst.suffix.lower() == ".kae"]
     v2 = dict(zip(coded, codec.to_kae_many([encoded[i] for i in coded])))  # together: one context pass
     blobs = [v2[i] if i in v2 else serialize(enc, dst, quant) for i, (enc, dst) in enumerate(zip(encoded, targets))]

@@ -82,6 +82,31 @@ class SweepProgress:
         return _RunProgress(self.bars, self.run, f"[{index + 1}/{self.n_runs}]", lines)
 
 
+class search_progress:
+    """A bar over `kaec encode --rdo`'s search (dimensions tried of all passes), on a terminal only."""
+
+    def __init__(self, codec, quiet: bool = False) -> None:
+        self.codec = codec
+        self.bars = Progress(TextColumn("rate–distortion search"), BarColumn(), MofNCompleteColumn(),
+                             TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+                             disable=quiet or not codec.rdo_sweeps or not sys.stderr.isatty())
+        self.task = None
+
+    def _update(self, done: int, total: int) -> None:
+        if self.task is None:
+            self.task = self.bars.add_task("search", total=total)
+        self.bars.update(self.task, completed=done)
+
+    def __enter__(self):
+        self.bars.__enter__()
+        self.codec.rdo_progress = self._update
+        return self
+
+    def __exit__(self, *exc):
+        self.codec.rdo_progress = None
+        return self.bars.__exit__(*exc)
+
+
 TEXT_COLUMNS = {"matrix_slug", "status", "dir", "file", "input", "output", "codec", "settings", "name", "dataset",
                 "recipe", "part", "runtime", "mode"}
 

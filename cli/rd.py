@@ -51,6 +51,8 @@ def rd(
                                "(JCT-VC/JVET spreadsheets), cubic (VCEG-M33's cubic fit) or akima."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset root (default: $KAEC_DATA or "
                                              "~/.cache/kaecompress/data)."),
+    rdo: int = typer.Option(0, "--rdo", min=0, max=16, help="Also measure every codec model with `kaec encode "
+                            "--rdo N` (rate–distortion optimised rounding, N passes): a second curve per family."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines on stderr."),
     from_json: Optional[Path] = typer.Option(None, "--from-json", help="Print, plot or split (--json-dir) the "
                                              "results of an earlier --json file instead of measuring (with "
@@ -78,7 +80,7 @@ def rd(
     else:
         result = run_rd(dataset, model, list(dict.fromkeys(chosen)), images,
                         codec_images={"avif": avif_images} if avif_images else None, data_root=data_root,
-                        method=method, progress=say)
+                        method=method, progress=say, rdo_sweeps=rdo)
     if json_path is not None:
         write_json(result, json_path)
     if json_dir is not None:

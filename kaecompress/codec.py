@@ -202,8 +202,10 @@ class Codec:
     Tiles of many images go through the network together, `batch_size` at a time."""
 
     def __init__(self, loaded: LoadedModel, backend: str = "torch", batch_size: int = 256, data_root=None,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", rdo_sweeps: int = 0) -> None:
         self.loaded = loaded
+        self.rdo_sweeps = rdo_sweeps  # passes of rdo.refine over a codec model's latents (0: plain rounding)
+        self.rdo_progress = None      # called (done, total) while it searches
         self.channels, self.height, self.width = loaded.model.shape
         self.latent_dim = loaded.model.latent_dim
         self.backend = make_backend(loaded, backend, data_root, device)
@@ -255,7 +257,7 @@ class Codec:
         all_tiles = np.concatenate(tiles).astype(np.float32)
         latents = self._run(self.backend.encode, all_tiles)
         if self.rate_model:  # a codec model stores, and decodes, integers
-            latents = np.rint(latents)
+            latents = self._integers(latents, all_tiles)
         self.domain_checks = self._check_domain(all_tiles, latents, [len(t) for t in tiles]) if check_domain else []
         out, start = [], 0
         for (width, height, mode), grid in zip(info, grids):
@@ -264,6 +266,15 @@ class Codec:
             start += count
             out.append(Encoded(z, width, height, mode, fit, self.loaded.name, self.loaded.weights_sha256))
         return out
+
+    def _integers(self, latents: np.ndarray, tiles: np.ndarray) -> np.ndarray:
+        if not self.rdo_sweeps:
+            return np.rint(latents)
+        from kaecompress import rdo
+
+        lmbda = (self.loaded.config.get("codec") or {}).get("lmbda")
+        return rdo.refine(latents, tiles, lambda z: self._run(self.backend.decode, z), self.tables, self.context,
+                          float(lmbda or 0), self.rdo_sweeps, self.rdo_progress).astype(np.float32)
 
     def _check_domain(self, tiles: np.ndarray, latents: np.ndarray, counts: list[int]) -> list:
         """Decode each image's highest-contrast tiles (SAMPLE_TILES per image at most; per call 16 or 1 in 64

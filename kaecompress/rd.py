@@ -162,14 +162,14 @@ def codec_files(codec: ClassicalCodec, quality: int | None, images: Sequence[np.
     return files, decoded
 
 
-def model_files(loaded, images: Sequence[np.ndarray],
-                clock: dict | None = None) -> tuple[list[bytes], list[np.ndarray]]:
-    """The exact bytes a user would store with model `loaded` for each image (`kaec encode`'s .kae file),
-    and each file decoded back to 8-bit pixels the way `kaec decode` does."""
+def model_files(loaded, images: Sequence[np.ndarray], clock: dict | None = None,
+                rdo_sweeps: int = 0) -> tuple[list[bytes], list[np.ndarray]]:
+    """The exact bytes a user would store with model `loaded` for each image (`kaec encode`'s .kae file,
+    with `--rdo rdo_sweeps`), and each file decoded back to 8-bit pixels the way `kaec decode` does."""
     from kaecompress.codec import Codec
     from kaecompress.containers import from_kae, to_kae
 
-    codec = Codec(loaded)
+    codec = Codec(loaded, rdo_sweeps=rdo_sweeps)
     pil = [_pil(a) for a in images]
     t0 = time.perf_counter()
     if codec.rate_model:  # a codec model: entropy-coded .kae version 2
@@ -358,10 +358,11 @@ def group_models(models: Sequence) -> list[tuple[str, list]]:
 def run_rd(dataset: str = "mnist", models: Sequence[str] | None = None, codecs: Sequence[str] = DEFAULT_CODECS,
            images: int | None = None, *, codec_images: dict[str, int] | None = None,
            qualities: dict[str, Sequence[int]] | None = None, data_root=None, method: str = bdrate.METHOD,
-           progress: Callable[[str], None] | None = None) -> RDResult:
+           progress: Callable[[str], None] | None = None, rdo_sweeps: int = 0) -> RDResult:
     """Measure every codec setting and every model on the first `images` test images of `dataset`
     (`codec_images`: fewer for a slow codec, e.g. {"avif": 2000}) and compare each model curve with each
-    lossy codec. `qualities` replaces a codec's sweep."""
+    lossy codec. `qualities` replaces a codec's sweep. With `rdo_sweeps`, the codec models are measured a
+    second time, encoded with that many passes of rate–distortion optimised rounding (`kaecompress.rdo`)."""
     from kaecompress.data import check_dataset_name
 
     check_dataset_name(dataset, "--dataset")
@@ -401,15 +402,20 @@ def run_rd(dataset: str = "mnist", models: Sequence[str] | None = None, codecs: 
             files, decoded = codec_files(codec, q, subset, clock)
             curve.points.append(score(subset, files, decoded, codec.pillow_format, clock, q))
         curves.append(curve)
-    for label, members in group_models(loaded):
+    groups = [(label, members, 0) for label, members in group_models(loaded)]
+    if rdo_sweeps:
+        groups += [(f"{label} --rdo {rdo_sweeps}", codec_models, rdo_sweeps) for label, members, _ in groups
+                   if (codec_models := [m for m in members if getattr(m.model, "prior", None) is not None])]
+    for label, members, sweeps in groups:
         family = bool(members[0].card.get("family")) if members[0].card else False
-        curve = Curve(label, "model", ("model family " if family else "model ") + label
-                      + ": .kae files as `kaec encode` writes them", len(pixels))
+        curve = Curve(label, "model", ("model family " if family else "model ") + label.split(" --rdo")[0]
+                      + ": .kae files as `kaec encode" + (f" --rdo {sweeps}" if sweeps else "") + "` writes them",
+                      len(pixels), settings={"rdo_sweeps": sweeps} if sweeps else {})
         for m in members:
-            say(f"{m.name} on {len(pixels):,} images")
+            say(f"{m.name}{f' --rdo {sweeps}' if sweeps else ''} on {len(pixels):,} images")
             model_files(m, pixels[:1])  # first calls into torch are slow: keep them out of the timing
             clock = {}
-            files, decoded = model_files(m, pixels, clock)
+            files, decoded = model_files(m, pixels, clock, sweeps)
             curve.points.append(score(pixels, files, decoded, "KAE", clock, m.name,
                                       m.card.get("quality") if m.card else None))
         curves.append(curve)
