@@ -84,7 +84,7 @@ def encode(
 ) -> None:
     """Compress images to latents. A sample of each image's tiles is decoded again, and an image that
     reconstructs far worse than the model's own test images gets a one-line warning."""
-    from kaecompress.cli.progress import search_progress
+    from kaecompress.cli.progress import SearchProgress
     from kaecompress.codec import Codec, open_image
     from kaecompress.containers import QUANTS, SUFFIXES, serialize
     from kaecompress.data import IMAGE_SUFFIXES
@@ -109,7 +109,7 @@ def encode(
     codec = Codec(loaded, backend, batch_size, data_root, device, rdo_sweeps=rdo)
     if rdo and not codec.rate_model:
         raise KaecError(f"--rdo: {loaded.name} has no probability model (expected a codec model: see `kaec models`)")
-    with search_progress(codec, quiet=as_json):
+    with SearchProgress(codec, quiet=as_json):
         encoded = codec.compress_many(images, fit, check_domain=True)
     coded = [i for i, dst in enumerate(targets) if codec.rate_model and dst.suffix.lower() == ".kae"]
     v2 = dict(zip(coded, codec.to_kae_many([encoded[i] for i in coded])))  # together: one context pass

@@ -82,7 +82,7 @@ class SweepProgress:
         return _RunProgress(self.bars, self.run, f"[{index + 1}/{self.n_runs}]", lines)
 
 
-class search_progress:
+class SearchProgress:
     """A bar over `kaec encode --rdo`'s search (dimensions tried of all passes), on a terminal only."""
 
     def __init__(self, codec, quiet: bool = False) -> None:
