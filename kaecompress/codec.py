@@ -272,9 +272,8 @@ class Codec:
             return np.rint(latents)
         from kaecompress import rdo
 
-        lmbda = (self.loaded.config.get("codec") or {}).get("lmbda")
         return rdo.refine(latents, tiles, lambda z: self._run(self.backend.decode, z), self.tables, self.context,
-                          float(lmbda or 0), self.rdo_sweeps, self.rdo_progress).astype(np.float32)
+                          float(self.loaded.lmbda or 0), self.rdo_sweeps, self.rdo_progress).astype(np.float32)
 
     def _check_domain(self, tiles: np.ndarray, latents: np.ndarray, counts: list[int]) -> list:
         """Decode each image's highest-contrast tiles (SAMPLE_TILES per image at most; per call 16 or 1 in 64

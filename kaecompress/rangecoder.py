@@ -512,14 +512,20 @@ def _ideal(index, classes, nbits, tables: IntegerTables) -> float:
     return bits + len(classes) * math.log2(ESCAPE_CLASSES) + float(nbits.sum()) if len(classes) else bits
 
 
-def column_bits(symbols: np.ndarray, tables: IntegerTables) -> np.ndarray:
-    """Mean information content (bits) of each dimension's values in `symbols` (T, D), escapes included."""
+def symbol_bits(symbols: np.ndarray, tables: IntegerTables) -> np.ndarray:
+    """Information content (bits) of each value in `symbols` (T, D) under its dimension's row, escapes
+    included: float64 (T, D)."""
     sym = _as_symbols(symbols, tables)
     index, classes, _, nbits = _split(sym, tables)
     bits = tables._bits_flat[np.tile(tables._row_starts, len(sym)) + index]
     if len(classes):
         bits[index == tables.symbols - 1] += math.log2(ESCAPE_CLASSES) + nbits
-    return bits.reshape(len(sym), tables.dims).mean(axis=0)
+    return bits.reshape(len(sym), tables.dims)
+
+
+def column_bits(symbols: np.ndarray, tables: IntegerTables) -> np.ndarray:
+    """Mean information content (bits) of each dimension's values in `symbols` (T, D), escapes included."""
+    return symbol_bits(symbols, tables).mean(axis=0)
 
 
 def ideal_bits(symbols: np.ndarray, tables: IntegerTables) -> float:

@@ -404,15 +404,16 @@ def run_rd(dataset: str = "mnist", models: Sequence[str] | None = None, codecs: 
         curves.append(curve)
     groups = [(label, members, 0) for label, members in group_models(loaded)]
     if rdo_sweeps:
-        groups += [(f"{label} --rdo {rdo_sweeps}", codec_models, rdo_sweeps) for label, members, _ in groups
+        groups += [(label, codec_models, rdo_sweeps) for label, members, _ in groups
                    if (codec_models := [m for m in members if getattr(m.model, "prior", None) is not None])]
     for label, members, sweeps in groups:
+        option = f" --rdo {sweeps}" if sweeps else ""
         family = bool(members[0].card.get("family")) if members[0].card else False
-        curve = Curve(label, "model", ("model family " if family else "model ") + label.split(" --rdo")[0]
-                      + ": .kae files as `kaec encode" + (f" --rdo {sweeps}" if sweeps else "") + "` writes them",
-                      len(pixels), settings={"rdo_sweeps": sweeps} if sweeps else {})
+        curve = Curve(label + option, "model", ("model family " if family else "model ") + label
+                      + f": .kae files as `kaec encode{option}` writes them", len(pixels),
+                      settings={"rdo_sweeps": sweeps} if sweeps else {})
         for m in members:
-            say(f"{m.name}{f' --rdo {sweeps}' if sweeps else ''} on {len(pixels):,} images")
+            say(f"{m.name}{option} on {len(pixels):,} images")
             model_files(m, pixels[:1])  # first calls into torch are slow: keep them out of the timing
             clock = {}
             files, decoded = model_files(m, pixels, clock, sweeps)

@@ -19,32 +19,15 @@ from collections.abc import Callable
 import numpy as np
 
 from kaecompress.errors import KaecError
+from kaecompress.rangecoder import symbol_bits
 
 MAX_SWEEPS = 16
 
 
-class RateModel:
-    """Information content (bits) of latent vectors under the model's integer tables: what the range coder
-    spends on them, to about a third of a byte a file."""
-
-    def __init__(self, tables, context=None) -> None:
-        self.context = context
-        self.offsets = tables.offsets.astype(np.int64)
-        freqs = tables.freqs.astype(np.float64)
-        self.cost = tables.precision - np.log2(freqs)  # (D, K): bits of each table symbol, ESCAPE last
-        self.dims, self.symbols = freqs.shape
-
-    def bits(self, latents: np.ndarray) -> np.ndarray:
-        """(N,) bits of each integer latent vector (N, D)."""
-        s = (self.context.residuals(latents) if self.context is not None else latents) - self.offsets
-        inside = (s >= 0) & (s < self.symbols - 1)
-        rows = np.arange(self.dims)
-        bits = np.where(inside, self.cost[rows, np.clip(s, 0, self.symbols - 2)], 0.0)
-        if not inside.all():  # an escape: its table symbol, a class of 64, then n bits of the distance
-            e = np.where(s < 0, -1 - s, s - (self.symbols - 1))
-            n = np.floor(np.log2(np.maximum(e, 0) + 1.0))
-            bits += np.where(inside, 0.0, self.cost[rows, -1] + 6.0 + n)
-        return bits.sum(axis=1)
+def latent_bits(latents: np.ndarray, tables, context=None) -> np.ndarray:
+    """(N,) information content (bits) of each integer latent vector (N, D) under the model's tables, its
+    context model and escapes included: what the range coder spends, to about a third of a byte a file."""
+    return symbol_bits(context.residuals(latents) if context is not None else latents, tables).sum(axis=1)
 
 
 def refine(latents: np.ndarray, tiles: np.ndarray, decode: Callable[[np.ndarray], np.ndarray], tables,
@@ -61,13 +44,12 @@ def refine(latents: np.ndarray, tiles: np.ndarray, decode: Callable[[np.ndarray]
     q = np.rint(y).astype(np.int64)
     if sweeps == 0 or len(q) == 0:
         return q
-    rate = RateModel(tables, context)
     target = np.asarray(tiles, dtype=np.float32).reshape(len(q), -1)
     weight = float(lmbda) * 255.0**2
 
     def cost(candidate: np.ndarray) -> np.ndarray:
         out = np.clip(decode(candidate.astype(np.float32)).reshape(len(candidate), -1), 0.0, 1.0)
-        return rate.bits(candidate) + weight * ((out - target) ** 2).sum(axis=1, dtype=np.float64)
+        return latent_bits(candidate, tables, context) + weight * ((out - target) ** 2).sum(axis=1, dtype=np.float64)
 
     best = cost(q)
     total, done = sweeps * q.shape[1], 0

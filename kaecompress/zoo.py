@@ -34,6 +34,11 @@ class LoadedModel:
     def dataset(self) -> str:
         return self.config.get("data", {}).get("dataset", "mnist")
 
+    @property
+    def lmbda(self) -> float | None:
+        """A codec model's rate–distortion weight (the `codec:` section's lambda); None for a plain model."""
+        return (self.config.get("codec") or {}).get("lmbda")
+
 
 def weights_sha256(model: torch.nn.Module) -> str:
     import torch
@@ -365,6 +370,6 @@ def _codec_card(loaded: LoadedModel, summary: dict, images, dest: Path, name: st
         "codec_id": codec_id,
         "family": family,
         "quality": quality,
-        "lambda": (loaded.config.get("codec") or {}).get("lmbda"),
+        "lambda": loaded.lmbda,
         "codec_metrics": {"split": "test", **measure(loaded.model, images)},
     }
