@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("KAEC_OFFLINE", "1")  # never try a download from the tests
+os.environ["ORT_DISABLE_TELEMETRY"] = "1"  # onnxruntime imported here must not write to ~/.cache
 
 
 @pytest.fixture(scope="session")
