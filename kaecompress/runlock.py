@@ -26,10 +26,10 @@ import time
 import uuid
 from pathlib import Path
 
-from kaecompress import runs
+from kaecompress import fileio, runs
 
-LOCK = ".lock"
-LEASE = ".lease.json"
+LOCK = runs.LOCK
+LEASE = runs.LEASE
 DEFAULT_EXPIRY_S = 60.0
 
 
@@ -60,9 +60,13 @@ class RunBusy(Exception):
 
 
 def describe(holder: dict | None) -> str:
+    """Who holds a run, its heartbeat's age as of when the lease was read (`read_at`), not of now."""
     if not holder:
         return "another process"
-    age = time.time() - float(holder.get("heartbeat_at", 0))
+    try:
+        age = float(holder.get("read_at", time.time())) - float(holder.get("heartbeat_at", 0))
+    except (TypeError, ValueError):  # a lease damaged by hand
+        return f"pid {holder.get('pid')} on {holder.get('host')}"
     return f"pid {holder.get('pid')} on {holder.get('host')} (last heartbeat {age:.0f} s ago)"
 
 
@@ -89,8 +93,9 @@ def lease_expired(lease: dict, expiry: float | None = None) -> bool:
 
 
 def read_lease(run_dir: Path) -> dict | None:
+    """The lease as written, plus `read_at`: when it was read (what `describe` counts its heartbeat's age to)."""
     lease = runs.read_json(Path(run_dir) / LEASE)
-    return lease if isinstance(lease, dict) else None
+    return {**lease, "read_at": time.time()} if isinstance(lease, dict) else None
 
 
 def holder(run_dir: Path) -> dict | None:
@@ -106,7 +111,7 @@ class RunLock:
     renews the lease; `lost` turns true if another node took the run over (our heartbeats had stopped for
     longer than the expiry, e.g. a frozen or partitioned node)."""
 
-    def __init__(self, run_dir: str | Path, expiry: float | None = None, heartbeat: bool = True) -> None:
+    def __init__(self, run_dir: str | Path, expiry: float | None = None) -> None:
         import filelock
 
         self.run_dir = Path(run_dir)
@@ -117,7 +122,6 @@ class RunLock:
         self._beat: threading.Thread | None = None
         self.lost = False
         self.held = False
-        self.heartbeat = heartbeat  # off for a moment's hold (e.g. --reset deleting the folder under it)
 
     def try_acquire(self) -> dict | None:
         """Take the run if it is free and return None; else return the holder's lease (None inside it when
@@ -125,6 +129,7 @@ class RunLock:
         import filelock
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        _touch_nofollow(self.run_dir / LOCK)
         try:
             self._flock.acquire(timeout=0)
         except filelock.Timeout:
@@ -145,8 +150,6 @@ class RunLock:
             raise
         self.held = True
         self._stop.clear()
-        if not self.heartbeat:
-            return None
         self._beat = threading.Thread(target=self._heartbeat, name=f"lease {self.run_dir.name}", daemon=True)
         self._beat.start()
         return None
@@ -176,12 +179,17 @@ class RunLock:
             except OSError:
                 pass  # a full disk or a vanished folder: the next beat tries again
 
-    def release(self) -> None:
-        if not self.held:
-            return
+    def stop_heartbeat(self) -> None:
+        """No more lease renewals (e.g. before the run folder is deleted under the lock)."""
         self._stop.set()
         if self._beat is not None:
             self._beat.join()
+            self._beat = None
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        self.stop_heartbeat()
         current = read_lease(self.run_dir)
         if current is not None and current.get("token") == self.token:
             (self.run_dir / LEASE).unlink(missing_ok=True)
@@ -197,9 +205,13 @@ class RunLock:
         self.release()
 
 
+def _touch_nofollow(path: Path) -> None:
+    os.close(fileio.open_nofollow(path, os.O_WRONLY | os.O_CREAT))  # filelock's own open would follow a link
+
+
 def attempt_log(run_dir: Path, record: dict) -> None:
     """Append one line to RUN/attempts.jsonl: who trained the run, from how many inputs (called under the lock)."""
-    with open(Path(run_dir) / "attempts.jsonl", "a") as f:
+    with fileio.open_append(Path(run_dir) / runs.ATTEMPTS) as f:
         f.write(json.dumps(record) + "\n")
         f.flush()
         os.fsync(f.fileno())

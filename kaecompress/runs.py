@@ -6,10 +6,14 @@
         checkpoint.pt    model + optimizer + progress, written atomically (resume point)
         summary.json     written last, atomically: only a run with one is finished (or diverged)
         tb/              TensorBoard scalars, when tensorboard is installed
+        attempts.jsonl   one line per training attempt (kaecompress.runlock), and its .lock and .lease.json
 
 A run is `finished` or `diverged` only once summary.json says so. A checkpoint without a summary is an
 interrupted run that resumes; a killed process can never leave a torn file, since every write goes to a
 temporary file in the same folder and is renamed over the old one.
+
+Nothing is written, appended or deleted through a symbolic link below RUNS_ROOT (`check_run_dir`): a link
+there would let a sweep delete or train into a folder outside it. RUNS_ROOT itself may be a link.
 """
 
 from __future__ import annotations
@@ -25,7 +29,15 @@ CONFIG = "config.yml"
 METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
+ATTEMPTS = "attempts.jsonl"
+LOCK = ".lock"
+LEASE = ".lease.json"
+TENSORBOARD = "tb"
 DONE_STATES = ("finished", "diverged")
+MAX_JSON_BYTES = 16 << 20  # a summary or lease is a few kB
+MAX_METRICS_BYTES = 256 << 20  # a line per log interval: a few MB for the longest runs
+# what a sweep writes, appends to or deletes in a run folder (besides its own temporary files)
+RUN_ENTRIES = (CONFIG, METRICS, CHECKPOINT, SUMMARY, ATTEMPTS, LOCK, LEASE, TENSORBOARD)
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -38,6 +50,39 @@ def run_path(runs_root: str | Path, folder: str) -> Path:
     if not folder or os.path.isabs(folder) or any(p in ("", ".", "..") for p in parts) or "\\" in folder:
         raise KaecError(f"{folder!r}: a run folder must be a relative path inside the runs folder")
     return Path(runs_root).joinpath(*parts)
+
+
+def check_inside(runs_root: str | Path, path: str | Path) -> Path:
+    """`path`, a path below `runs_root`, resolved, once checked that no part of it below the root is a
+    symbolic link (the root itself may be one: the user's choice) and that it lies inside the resolved root.
+    KaecError naming the first link: never followed."""
+    from kaecompress.errors import KaecError
+
+    root, path = Path(runs_root), Path(path)
+    real_root = root.resolve()
+    try:
+        below = path.relative_to(root).parts
+    except ValueError:
+        raise KaecError(f"{path}: not inside the runs folder {root}") from None
+    shown, real = root, real_root
+    for part in below:
+        shown, real = shown / part, real / part
+        if part in (".", "..") or os.path.islink(real):
+            raise KaecError(f"{shown}: is a symbolic link; kaec writes and deletes nothing through a link inside "
+                            f"the runs folder {root} (make it a real folder or file)")
+        if not os.path.lexists(real):
+            break  # nothing deeper exists yet: it will be created as a real folder
+    if not real.resolve().is_relative_to(real_root):
+        raise KaecError(f"{path}: not inside the runs folder {root}")
+    return real_root.joinpath(*below)
+
+
+def check_run_dir(runs_root: str | Path, directory: str | Path) -> Path:
+    """`check_inside` for a run folder and every entry a sweep writes, appends to or deletes in it."""
+    real = check_inside(runs_root, directory)
+    for name in RUN_ENTRIES:
+        check_inside(runs_root, Path(directory) / name)
+    return real
 
 
 def public_mode(path: Path, directory: bool = False) -> None:
@@ -94,9 +139,14 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def read_json(path: Path) -> Any | None:
+    """A run's JSON file (summary, lease), or None when it is absent or no readable JSON: a FIFO or a huge
+    file planted there is not read (kaecompress.fileio)."""
+    from kaecompress.errors import KaecError
+    from kaecompress.fileio import read_json as read_bounded
+
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+        return read_bounded(path, MAX_JSON_BYTES, "a run's JSON file")
+    except KaecError:
         return None
 
 
@@ -126,10 +176,13 @@ def stale_message(run_dir: Path, changes: list[str]) -> str:
 
 def read_metrics(run_dir: Path) -> list[dict]:
     """The metrics log; a line torn by a kill is skipped."""
+    from kaecompress.errors import KaecError
+    from kaecompress.fileio import read_text
+
     rows = []
     try:
-        lines = (Path(run_dir) / METRICS).read_text().splitlines()
-    except OSError:
+        lines = read_text(Path(run_dir) / METRICS, MAX_METRICS_BYTES, "a run's metrics log").splitlines()
+    except KaecError:  # absent, or something planted there that is no log (a FIFO, a huge file)
         return rows
     for line in lines:
         try:

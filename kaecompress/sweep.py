@@ -20,6 +20,15 @@ def run_dir(runs_root: str | Path, cfg: RunConfig) -> Path:
     return runs.run_path(runs_root, cfg.run_folder)
 
 
+def runs_root_of(directory: Path, cfg: RunConfig) -> Path:
+    """The runs folder that `directory` is cfg's run folder in (else, for a folder placed by hand, its parent)."""
+    folder = cfg.run_folder.split("/")
+    parts = Path(directory).parts
+    if len(parts) > len(folder) and list(parts[-len(folder):]) == folder:
+        return Path(*parts[:-len(folder)])
+    return Path(directory).parent
+
+
 def select(experiment: Experiment, patterns: Iterable[str] | None) -> list[RunConfig]:
     """Runs whose slug matches any pattern: a glob (`*ks:7*`) or, without wildcards, a substring."""
     patterns = list(patterns or [])
@@ -66,16 +75,29 @@ class Executor(Protocol):
 
 
 def check_runs(selected: list[RunConfig], device: str | None = None) -> None:
-    """What can reject a config, checked in a moment: every distinct model and optimizer is built once (on
-    the meta device), every device resolved, every folder dataset looked for."""
+    """What can reject a config, checked in a moment, cheapest first: every folder dataset looked for
+    (before torch loads), every device resolved, then every distinct model and optimizer built once (on the
+    meta device)."""
+    def named(cfg: RunConfig, e: KaecError) -> KaecError:
+        return KaecError(f"{cfg.source or cfg.experiment_name}: {e}")
+
+    for cfg in selected:
+        if cfg.data.dataset.startswith("folder:") and not Path(cfg.data.dataset[7:]).expanduser().is_dir():
+            raise named(cfg, KaecError(f"data.dataset: folder {cfg.data.dataset[7:]} does not exist"))
+    if not selected:
+        return
     import torch
 
     from kaecompress.train import build_model, build_optimizer, resolve_device
 
+    for cfg in {device or cfg.train.device: cfg for cfg in selected}.values():
+        try:
+            resolve_device(device or cfg.train.device, "--device" if device else "train.device")
+        except KaecError as e:
+            raise named(cfg, e) from None
     seen = set()
     for cfg in selected:
-        key = repr((cfg.model, cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay, cfg.train.device,
-                    cfg.data.dataset))
+        key = repr((cfg.model, cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay))
         if key in seen:
             continue
         seen.add(key)
@@ -83,11 +105,8 @@ def check_runs(selected: list[RunConfig], device: str | None = None) -> None:
             with torch.device("meta"):
                 model = build_model(cfg)
             build_optimizer(cfg, model.parameters())
-            resolve_device(device or cfg.train.device, "--device" if device else "train.device")
-            if cfg.data.dataset.startswith("folder:") and not Path(cfg.data.dataset[7:]).expanduser().is_dir():
-                raise KaecError(f"data.dataset: folder {cfg.data.dataset[7:]} does not exist")
         except KaecError as e:
-            raise KaecError(f"{cfg.source or cfg.experiment_name}: {e}") from None
+            raise named(cfg, e) from None
 
 
 def data_key(cfg: RunConfig, data_root: str | Path | None) -> tuple:
@@ -124,6 +143,7 @@ def run_one(cfg: RunConfig, directory: Path, *, wait_s: float = 0.0, data_root: 
     from kaecompress.runlock import RunBusy, RunLock, attempt_log, node_id
     from kaecompress.train import load_checkpoint, train_run
 
+    runs.check_run_dir(runs_root_of(directory, cfg), directory)  # again here: a task may run on another node
     lock = RunLock(directory)
     try:
         lock.acquire(wait_s=wait_s)
@@ -172,40 +192,34 @@ def run_sweep(selected: list[RunConfig], runs_root: str | Path, *, reset: bool =
     before each run in order (status "busy" for a run another process holds) and may return a
     train.Progress for it. A run that raises is recorded as failed and the sweep goes on;
     KeyboardInterrupt stops the sweep (the interrupted run keeps its checkpoint). Everything that can
-    reject the sweep (configs, devices, data, runs trained with other settings, runs that `reset` would
-    delete under another process) is checked before any run folder is touched."""
-    from kaecompress.runlock import RunLock
-
+    reject the sweep (links in the runs folder, configs, devices, the executor (`preflight()`, when it
+    has one), data, runs trained with other settings, runs that `reset` would delete under another
+    process) is checked before any run folder is touched."""
     dirs = [run_dir(runs_root, cfg) for cfg in selected]
-    states = plan(selected, runs_root, device, reset=reset)
-    for directory, (_, changes) in zip(dirs, states):
-        if changes:
-            raise KaecError(runs.stale_message(directory, changes))
-    statuses = [status for status, _ in states]
-
-    images: dict[tuple, tuple] = {}  # each split loaded once, before any folder is touched
-    for cfg, status in zip(selected, statuses):
-        if status not in runs.DONE_STATES:  # finished runs need neither their device nor their data here
-            load_run_data(cfg, data_root, images)
-    if reset:
-        held = []
-        try:
-            for d in dirs:
-                if d.is_dir():
-                    lock = RunLock(d, heartbeat=False)
-                    busy = lock.try_acquire()
-                    if busy is not None:
-                        busy.pop("busy", None)
-                        from kaecompress.runlock import describe
-
-                        raise KaecError(f"{d}: being trained by {describe(busy or None)}; --reset deletes "
-                                        "nothing while a run is trained")
-                    held.append(lock)
-            for lock in held:
-                shutil.rmtree(lock.run_dir)
-        finally:
-            for lock in held:
-                lock.release()
+    for d in dirs:  # before anything in a run folder is read: a link there is never followed
+        runs.check_run_dir(runs_root, d)
+    # The quick checks first, before torch loads: with reset, the locks are taken (and held until the
+    # folders are deleted, so that no process starts one of them in between); the executor's own checks.
+    held = _lock_for_reset(dirs) if reset else []
+    try:
+        preflight = getattr(executor, "preflight", None)
+        if preflight is not None and (reset or any(runs.run_status(d) not in runs.DONE_STATES for d in dirs)):
+            preflight()  # Ray installed and answering, ...
+        states = plan(selected, runs_root, device, reset=reset)
+        for directory, (_, changes) in zip(dirs, states):
+            if changes:
+                raise KaecError(runs.stale_message(directory, changes))
+        statuses = [status for status, _ in states]
+        images: dict[tuple, tuple] = {}  # each split loaded once, before any folder is touched
+        for cfg, status in zip(selected, statuses):
+            if status not in runs.DONE_STATES:  # finished runs need neither their device nor their data here
+                load_run_data(cfg, data_root, images)
+        for lock in held:
+            lock.stop_heartbeat()  # a renewal must not write into the folder while it is deleted
+            shutil.rmtree(lock.run_dir)
+    finally:
+        for lock in held:
+            lock.release()
 
     report = SweepReport()
     pending = [Job(i, cfg, d) for i, (cfg, d, s) in enumerate(zip(selected, dirs, statuses))
@@ -228,6 +242,30 @@ def run_sweep(selected: list[RunConfig], runs_root: str | Path, *, reset: bool =
                 on_run(i, cfg, "busy")
         add_outcome(report, cfg, outcome)
     return report
+
+
+def _lock_for_reset(dirs: list[Path]) -> list:
+    """The held locks of the existing run folders among `dirs`; KaecError (none left held) when another
+    process trains one of them."""
+    from kaecompress.runlock import RunLock, describe
+
+    held = []
+    try:
+        for d in dirs:
+            if not d.is_dir():
+                continue
+            lock = RunLock(d)  # renewed while the checks and the data take their time
+            busy = lock.try_acquire()
+            if busy is not None:
+                busy.pop("busy", None)
+                raise KaecError(f"{d}: being trained by {describe(busy or None)}; --reset deletes nothing while "
+                                "a run is trained")
+            held.append(lock)
+    except BaseException:
+        for lock in held:
+            lock.release()
+        raise
+    return held
 
 
 class _LateProgress:
@@ -290,7 +328,10 @@ def run_state(directory: Path, cfg: RunConfig) -> tuple[str, list[str]]:
 def plan(selected: list[RunConfig], runs_root: str | Path, device: str | None = None, *,
          reset: bool = False) -> list[tuple[str, list[str]]]:
     """Each run's `run_state` as a sweep finds it (all `pending` when reset), after `check_runs` on the runs
-    that would train: what `kaec train --dry-run` shows and what `run_sweep` starts from."""
+    that would train: what `kaec train --dry-run` shows and what `run_sweep` starts from. A symbolic link
+    below the runs folder on the way to a run or its files is refused first (runs.check_run_dir)."""
+    for cfg in selected:  # before anything in a run folder is read: a link there is never followed
+        runs.check_run_dir(runs_root, run_dir(runs_root, cfg))
     states = [("pending", []) if reset else run_state(run_dir(runs_root, cfg), cfg) for cfg in selected]
     check_runs([cfg for cfg, (status, _) in zip(selected, states)
                 if status not in (*runs.DONE_STATES, "stale")], device)

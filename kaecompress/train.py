@@ -21,7 +21,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from kaecompress import runs
+from kaecompress import fileio, runs
 from kaecompress.config import RunConfig, check_optimizer
 from kaecompress.data import load_images
 from kaecompress.errors import KaecError
@@ -312,7 +312,7 @@ def _interrupt_at_batch_end():
 def _loop(cfg, model, optimizer, train_images, val_images, dev, state, run_dir, progress, scalars, stop) -> str:
     tc = cfg.train
     n = len(train_images)
-    metrics = open(run_dir / runs.METRICS, "a")
+    metrics = fileio.open_append(run_dir / runs.METRICS)  # a link planted there is refused, not followed
     progress.start(tc.max_inputs, state.inputs)
     loss_sum = torch.zeros((), device=dev)
     loss_count = 0

@@ -68,7 +68,10 @@ def check_metrics_complete(run: Path, max_inputs=12000, log_every=320):
 
 
 def test_two_processes_never_train_a_run_twice(tmp_path, mnist_root):
-    cfg = write_config(tmp_path / "grid.yml", GRID)
+    # runs long enough (about 10 s each on an idle machine) that the second process, which needs a few
+    # seconds to start, always finds run 1 still being trained
+    long_inputs = 36000
+    cfg = write_config(tmp_path / "grid.yml", GRID.replace("max_inputs: 12000", f"max_inputs: {long_inputs}"))
     runs = tmp_path / "runs"
     args = ("train", "-c", cfg, "--runs-dir", runs, "--data-root", mnist_root)
     first = start_kaec(*args)
@@ -85,7 +88,7 @@ def test_two_processes_never_train_a_run_twice(tmp_path, mnist_root):
         run = runs / "lockgrid" / f"trial:{trial}"
         assert len(attempts(run)) == 1, f"{run} trained {len(attempts(run))} times"
         assert json.loads((run / "summary.json").read_text())["status"] == "finished"
-        check_metrics_complete(run)
+        check_metrics_complete(run, max_inputs=long_inputs)
         assert not (run / ".lease.json").exists()  # released
     trainers = {attempts(runs / "lockgrid" / f"trial:{t}")[0]["pid"] for t in (1, 2, 3)}
     assert trainers == {first.pid, second.pid}  # both did work, each run once
