@@ -27,6 +27,7 @@ from pathlib import Path
 
 from kaecompress import runs
 from kaecompress.errors import KaecError
+from kaecompress.fileio import read_text
 from kaecompress.sweep import Job, Outcome, failed_summary
 
 MAX_RETRIES = 3  # Ray's default for tasks whose worker or node died
@@ -54,18 +55,48 @@ def train_task(cfg, directory: str, data_root: str | None, device: str | None, w
     return run_one(cfg, Path(directory), wait_s=wait_s, data_root=data_root, device=device)
 
 
-def reachable(address: str, timeout_s: float = 5.0) -> None:
-    """A HOST:PORT that nothing answers on is refused in seconds (Ray itself would wait minutes)."""
+DISCOVERY_WAIT_S = 3.0  # a cluster found on this machine that does not answer in this long has stopped
+
+
+def _silence(address: str, timeout_s: float) -> str | None:
+    """Why nothing answers at HOST:PORT (None when something does, or for a form Ray resolves itself)."""
     import socket
 
     host, sep, port = address.rpartition(":")
     if not sep or "://" in address or not port.isdigit():
-        return  # "auto", ray://..., or a form Ray resolves itself
+        return None  # "auto", ray://..., or a form Ray resolves itself
     try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
     except OSError as e:
-        raise KaecError(f"--ray {address}: no Ray cluster answers there ({e.strerror or e}); start one with "
+        return str(e.strerror or e)
+    return None
+
+
+def reachable(address: str, timeout_s: float = 5.0, given: str | None = None) -> None:
+    """A HOST:PORT that nothing answers on is refused in seconds (Ray itself would wait minutes). `given`
+    says where the address came from (default: `--ray ADDRESS`)."""
+    why = _silence(address, timeout_s)
+    if why is not None:
+        port = address.rpartition(":")[2]
+        raise KaecError(f"{given or f'--ray {address}'}: no Ray cluster answers there ({why}); start one with "
                         f"`ray start --head --port {port}`, or give the address `ray start` printed") from None
+
+
+def address_file() -> Path | None:
+    """Where `ray start` records the cluster it started, for a later `ray.init()` without an address to
+    join (its temp dir: RAY_TMPDIR, TMPDIR, /tmp)."""
+    try:
+        from ray._common.utils import get_ray_address_file
+    except ImportError:  # another Ray layout: leave discovery to Ray
+        return None
+    return Path(get_ray_address_file(None))
+
+
+def _token_available() -> bool:
+    """Whether Ray finds an authentication token (its own order: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH,
+    ~/.ray/auth_token)."""
+    return bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+                or (Path.home() / ".ray" / "auth_token").exists())
 
 
 class RayCluster:
@@ -78,6 +109,35 @@ class RayCluster:
         self.on_event = on_event or (lambda *a: None)
         self.max_retries, self.poll_s = max_retries, poll_s
 
+    def preflight(self) -> None:
+        """Refuse in seconds what ray.init would refuse late or wait on for minutes, starting nothing: Ray
+        missing, an address where nothing answers, given (`--ray HOST:PORT`, RAY_ADDRESS) or found on this
+        machine (a cluster `ray start` recorded that has stopped since)."""
+        self._target()
+
+    def _target(self) -> str | None:
+        """The checked address of the cluster to join, or None where ray.init starts one on this machine."""
+        import_ray()
+        if self.address not in (None, "auto"):  # Ray lets RAY_ADDRESS stand in only for these two
+            if self.address != "local":
+                reachable(self.address)
+            return None if self.address == "local" else self.address
+        env = os.environ.get("RAY_ADDRESS") or ""
+        if env not in ("", "auto"):
+            if env != "local":
+                reachable(env, given=f"--ray: RAY_ADDRESS={env}")
+            return None if env == "local" else env
+        path = address_file()
+        if path is None or not path.exists():
+            return None  # Ray starts a cluster on this machine
+        found = read_text(path, 4096, "Ray's record of its current cluster").strip()
+        why = _silence(found, DISCOVERY_WAIT_S) if found else None
+        if why is not None:
+            raise KaecError(f"--ray: the Ray cluster recorded in {path} ({found}) does not answer ({why}); "
+                            f"remove that file (or run `ray stop --force`) to start afresh, use `--ray local` "
+                            f"for a new cluster on this machine, or give --ray HOST:PORT")
+        return found or None
+
     def __call__(self, jobs: list[Job], *, total: int, data_root=None, device=None) -> dict[int, Outcome]:
         import contextlib
         import sys
@@ -89,16 +149,24 @@ class RayCluster:
     def _run(self, jobs: list[Job], total: int, data_root, device) -> dict[int, Outcome]:
         from kaecompress.runlock import expiry_s
 
+        joining = self._target()
         ray = import_ray()
-        if self.address:
-            reachable(self.address)
+        if joining is None and not os.environ.get("RAY_AUTH_MODE") and not _token_available():
+            # A new cluster here turns on token authentication and would save its token as
+            # ~/.ray/auth_token, after which a user's `ray start` clusters expect one: keep it in our env.
+            import secrets
+
+            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
         try:
             ray.init(address=self.address, logging_level="ERROR", log_to_driver=False,
                      runtime_env={"env_vars": {"KAEC_USER_THREADS": os.environ.get("KAEC_THREADS", "")}}
                      if os.environ.get("KAEC_THREADS") else None)
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            raise KaecError(f"--ray {self.address or ''}: cannot connect to a Ray cluster "
-                            f"({str(e).splitlines()[0]})") from None
+        except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as e:
+            auth = ("; a cluster with token authentication needs RAY_AUTH_MODE=token and its token "
+                    "(RAY_AUTH_TOKEN or ~/.ray/auth_token)"
+                    if "auth" in str(e).lower() and os.environ.get("RAY_AUTH_MODE") != "token" else "")
+            raise KaecError(f"--ray {self.address or joining or ''}: cannot connect to a Ray cluster "
+                            f"({str(e).splitlines()[0]}){auth}") from None
         remote = ray.remote(train_task)
         wait_s = expiry_s() * 1.25  # a retried task may find its run still leased by the dead worker
         root = None if data_root is None else str(Path(data_root).resolve())

@@ -6,6 +6,8 @@ share one), loads the data it needs once, and trains the runs it is handed one a
 `sweep.run_one`, under each run's lock. The driver hands out the runs, relays progress to a display, hands
 the run of a worker that died to another (it resumes from its checkpoint), and on Ctrl-C tells every
 worker to stop at its next log interval, which leaves a checkpoint, before raising KeyboardInterrupt.
+A worker whose driver is gone (killed with -9, say) stops the same way on its own and exits, so that no
+orphan keeps a run's lock or its memory.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import os
 import queue
 import signal
+import threading
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -58,14 +61,15 @@ def parse_workers(text: str | int, runs_per_gpu: int = 1) -> int:
 # ---- the worker process -----------------------------------------------------------------------------
 
 class _Relay:
-    """A train.Progress that forwards to the driver and raises KeyboardInterrupt once told to stop: train_run
-    then saves a checkpoint at that batch boundary."""
+    """A train.Progress that forwards to the driver and raises KeyboardInterrupt once told to stop (or once
+    the driver is gone): train_run then saves a checkpoint at that batch boundary."""
 
-    def __init__(self, events, stop, index: int) -> None:
-        self.events, self.stop, self.index = events, stop, index
+    def __init__(self, events, stop, index: int, orphaned: threading.Event) -> None:
+        self.events, self.stop, self.index, self.orphaned = events, stop, index, orphaned
 
     def _check(self) -> None:
-        if self.stop.is_set():
+        # orphaned first: a driver killed while it held the shared Event's lock would block is_set()
+        if self.orphaned.is_set() or self.stop.is_set():
             raise KeyboardInterrupt
 
     def start(self, total: int, done: int) -> None:
@@ -80,15 +84,53 @@ class _Relay:
         self.events.put(("validated", self.index, inputs, val_loss))
 
 
+TASK_POLL_S = 1.0  # an idle worker looks this often whether its driver is gone
+
+
+def _watch_driver(orphaned: threading.Event) -> None:
+    """Wait for the driver's end (its side of the pipe that spawned this process closes), then stop like a
+    Ctrl-C: train_run's handler saves a checkpoint at the next batch; outside training SIGINT is ignored
+    and the worker sees `orphaned` instead."""
+    import multiprocessing as mp
+    from multiprocessing.connection import wait
+
+    driver = mp.parent_process()
+    if driver is None:
+        return
+    wait([driver.sentinel])
+    orphaned.set()
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def _next_task(tasks, orphaned: threading.Event):
+    """The next task, or None once told to finish or once the driver is gone."""
+    while not orphaned.is_set():
+        try:
+            return tasks.get(timeout=TASK_POLL_S)
+        except queue.Empty:
+            continue
+    return None
+
+
 def _worker(slot: int, tasks, events, stop, threads: int | None, gpu: int | None, data_root, device) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides when to stop (a shared Ctrl-C included)
+    orphaned = threading.Event()
+    threading.Thread(target=_watch_driver, args=(orphaned,), name="kaec-driver-watch", daemon=True).start()
+    try:
+        _serve(slot, tasks, events, stop, threads, gpu, data_root, device, orphaned)
+    finally:
+        if orphaned.is_set():  # nobody reads the events any more: exit without flushing them
+            events.cancel_join_thread()
+
+
+def _serve(slot, tasks, events, stop, threads, gpu, data_root, device, orphaned: threading.Event) -> None:
     user_threads = os.environ.get("KAEC_THREADS")
     cache: dict = {}
     from kaecompress.train import resolve_device
 
     while True:
-        task = tasks.get()
-        if task is None or stop.is_set():
+        task = _next_task(tasks, orphaned)
+        if task is None or orphaned.is_set() or stop.is_set():
             return
         index, cfg, directory = task
         # threads: --threads (KAEC_THREADS) or train.threads win; else this worker's share of the cores
@@ -102,7 +144,7 @@ def _worker(slot: int, tasks, events, stop, threads: int | None, gpu: int | None
             dev = f"cuda:{gpu}"
         try:
             kind, payload = run_one(cfg, Path(directory), data_root=data_root, device=dev,
-                                    progress=_Relay(events, stop, index),
+                                    progress=_Relay(events, stop, index, orphaned),
                                     images=_data(cfg, data_root, cache))
         except KeyboardInterrupt:
             events.put(("interrupted", index, slot))
@@ -135,6 +177,11 @@ class LocalWorkers:
         self.workers, self.runs_per_gpu = workers, max(1, runs_per_gpu)
         self.threads = threads
         self.on_event = on_event or (lambda *a: None)
+
+    def preflight(self) -> None:
+        """The executor's checks before the sweep changes anything (`--reset`): none here, since processes
+        on this machine need nothing that could be missing (`--workers` itself is checked by
+        parse_workers; devices, data and runs by the sweep)."""
 
     def __call__(self, jobs: list[Job], *, total: int, data_root=None, device=None) -> dict[int, Outcome]:
         import multiprocessing as mp

@@ -1,7 +1,11 @@
 """`kaec train --ray ADDRESS` on a real Ray cluster on loopback: a head that runs no runs and two one-CPU
 worker nodes, each started by `ray start` in its own session. A worker node is killed (every process of its
 session) while it trains a run: Ray retries the task on the other node, which resumes from the checkpoint,
-and every run finishes once with the losses of a local sweep."""
+and every run finishes once with the losses of a local sweep.
+
+The clusters keep to Ray state of their own (temp dir, HOME, token authentication), so that whatever Ray
+has left on this machine (~/.ray/auth_token, /tmp/ray/ray_current_cluster) changes nothing, and they leave
+nothing behind."""
 
 import json
 import os
@@ -9,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -50,12 +55,36 @@ def kill_session(sid: int) -> None:
             pass
 
 
-@pytest.fixture(scope="module")
-def cluster():
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "4",
+        return s.getsockname()[1]  # free once closed
+
+
+USER_RAY_SETTINGS = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")  # set at all, Ray reads them
+
+
+@pytest.fixture(scope="module")
+def ray_env():
+    """Ray state of the tests' own, for `ray start` and `kaec`: a temp dir (sockets, logs, the record of the
+    current cluster; short, for socket paths) and a HOME whose ~/.ray/auth_token the clusters require, as
+    one does with RAY_AUTH_MODE=token. The user's RAY_ADDRESS and tokens are set aside meanwhile."""
+    root = tempfile.mkdtemp(prefix="kaec-ray-")
+    (Path(root) / "home" / ".ray").mkdir(parents=True)
+    (Path(root) / "home" / ".ray" / "auth_token").write_text(os.urandom(32).hex())
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            for name in USER_RAY_SETTINGS:
+                mp.delenv(name, raising=False)
+            yield {"RAY_TMPDIR": root, "HOME": str(Path(root) / "home"), "RAY_AUTH_MODE": "token"}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cluster(ray_env):
+    port = free_port()
+    env = {**os.environ, **ray_env, "RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "4",
            "RAY_health_check_initial_delay_ms": "0", "RAY_USAGE_STATS_ENABLED": "0"}
     common = ["--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
     nodes = []  # session ids: the daemons a `ray start` leaves behind stay in its session, whose id is its pid
@@ -68,9 +97,10 @@ def cluster():
             nodes.append(p.pid)
             out, _ = p.communicate(timeout=120)
             assert p.returncode == 0, out[-2000:]
-        yield f"127.0.0.1:{port}", nodes[1:]
+        assert (Path(ray_env["RAY_TMPDIR"]) / "ray" / "ray_current_cluster").is_file()  # in our temp dir
+        yield f"127.0.0.1:{port}", nodes[1:], env
     finally:
-        for sid in reversed(nodes):
+        for sid in reversed(nodes):  # the temp dir with its record of this cluster goes with ray_env
             kill_session(sid)
 
 
@@ -78,11 +108,11 @@ LONG_INPUTS = 4 * INPUTS  # ~6 s a run: Ctrl-C after the first checkpoint lands 
 
 
 def test_ctrl_c_on_the_driver_cancels_then_a_rerun_resumes(tmp_path, mnist_root, cluster):
-    address, _ = cluster
+    address, _, env = cluster
     cfg = write_config(tmp_path / "grid.yml", GRID.replace(f"max_inputs: {INPUTS}\n", f"max_inputs: {LONG_INPUTS}\n"))
     runs = tmp_path / "runs" / "wgrid"
     args = ("train", "-c", cfg, "--runs-dir", tmp_path / "runs", "--data-root", mnist_root, "--ray", address)
-    driver = start_kaec(*args)
+    driver = start_kaec(*args, env=env)
     try:
         wait_for(lambda: any((runs / s / "checkpoint.pt").is_file() for s in SLUGS), timeout=180,
                  what="a checkpoint")
@@ -98,7 +128,7 @@ def test_ctrl_c_on_the_driver_cancels_then_a_rerun_resumes(tmp_path, mnist_root,
     wait_for(lambda: not any((runs / s / ".lease.json").exists() for s in cut), timeout=60,
              what="the cancelled tasks to let go of their runs")
     assert all((runs / s / "checkpoint.pt").is_file() for s in cut)
-    r = kaec(*args, "--json")
+    r = kaec(*args, "--json", env=env)
     assert r.returncode == 0, r.stderr
     assert [s["status"] for s in json.loads(r.stdout)] == ["finished"] * 4
     for s in SLUGS:
@@ -110,11 +140,11 @@ def test_ctrl_c_on_the_driver_cancels_then_a_rerun_resumes(tmp_path, mnist_root,
 
 
 def test_a_killed_worker_node_s_run_resumes_elsewhere_once(tmp_path, mnist_root, cluster):
-    address, workers = cluster
+    address, workers, env = cluster
     cfg = write_config(tmp_path / "grid.yml", GRID.replace("  log_every: 320\n", "  log_every: 320\n  resources: {cpu: 1}\n"))
     runs = tmp_path / "runs" / "wgrid"
     driver = start_kaec("train", "-c", cfg, "--runs-dir", tmp_path / "runs", "--data-root", mnist_root,
-                        "--ray", address, "--json")
+                        "--ray", address, "--json", env=env)
     try:
         def a_run_in_progress():
             for s in SLUGS:
@@ -159,9 +189,7 @@ def session_of_alive(pid: int) -> int | None:
 
 
 def test_an_address_where_no_cluster_answers_is_one_line_exit_2(tmp_path, mnist_root):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # free once closed: nothing listens there
+    port = free_port()  # nothing listens there
     cfg = write_config(tmp_path / "grid.yml", GRID)
     t0 = time.monotonic()
     r = kaec("train", "-c", cfg, "--runs-dir", tmp_path / "runs", "--data-root", mnist_root, "--ray",
@@ -170,3 +198,48 @@ def test_an_address_where_no_cluster_answers_is_one_line_exit_2(tmp_path, mnist_
     assert r.stderr.startswith(f"error: --ray 127.0.0.1:{port}: no Ray cluster answers there")
     assert len(r.stderr.strip().splitlines()) == 1
     assert time.monotonic() - t0 < 120 and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("where", ["ray_current_cluster", "RAY_ADDRESS"])
+def test_a_stopped_cluster_found_by_discovery_is_one_line_exit_2(tmp_path, mnist_root, where):
+    """`--ray` without an address joins what Ray finds: RAY_ADDRESS, else the cluster `ray start` last
+    recorded in its temp dir. One that has stopped since is refused in seconds (Ray would wait minutes)."""
+    dead = f"127.0.0.1:{free_port()}"
+    record = tmp_path / "ray" / "ray_current_cluster"
+    record.parent.mkdir()
+    record.write_text(dead + "\n")
+    env = {"RAY_TMPDIR": str(tmp_path), "HOME": str(tmp_path / "home"), "RAY_ADDRESS": ""}
+    if where == "RAY_ADDRESS":
+        record.unlink()
+        env["RAY_ADDRESS"] = dead
+    cfg = write_config(tmp_path / "grid.yml", GRID)
+    t0 = time.monotonic()
+    r = kaec("train", "-c", cfg, "--runs-dir", tmp_path / "runs", "--data-root", mnist_root, "--ray", env=env)
+    assert r.returncode == 2, r.stderr
+    assert time.monotonic() - t0 < 15
+    assert len(r.stderr.strip().splitlines()) == 1 and dead in r.stderr, r.stderr
+    if where == "RAY_ADDRESS":
+        assert r.stderr.startswith(f"error: --ray: RAY_ADDRESS={dead}: no Ray cluster answers there")
+    else:
+        assert r.stderr.startswith(f"error: --ray: the Ray cluster recorded in {record} ({dead}) does not answer")
+        assert "ray stop --force" in r.stderr and record.read_text() == dead + "\n"  # left for the user to remove
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "home").exists()
+
+
+def test_a_cluster_of_its_own_leaves_no_token_in_home(tmp_path, mnist_root, monkeypatch):
+    """With nothing to join, `--ray` starts a cluster on this machine; Ray would save that cluster's token as
+    ~/.ray/auth_token, which later `ray start` heads would then require of every node."""
+    cfg = write_config(tmp_path / "grid.yml", GRID)
+    root = tempfile.mkdtemp(prefix="kaec-ray-")  # a short temp dir: Ray's socket paths live there
+    home = tmp_path / "home"
+    home.mkdir()
+    for name in USER_RAY_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    try:
+        r = kaec("train", "-c", cfg, "--runs-dir", tmp_path / "runs", "--data-root", mnist_root, "--ray",
+                 "--only", SLUGS[0], "--json", env={"RAY_TMPDIR": root, "HOME": str(home)})
+        assert r.returncode == 0, r.stderr
+        assert [s["status"] for s in json.loads(r.stdout)] == ["finished"]
+        assert not (home / ".ray").exists() and not (Path(root) / "ray" / "ray_current_cluster").exists()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

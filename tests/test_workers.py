@@ -208,3 +208,48 @@ def test_bad_resources_are_one_line_exit_2(tmp_path, resources, message):
     r = kaec("train", "-c", cfg, "--runs-dir", tmp_path / "runs", "--dry-run")
     assert r.returncode == 2 and message in r.stderr and str(cfg) in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def process_gone(pid: int) -> bool:
+    """Exited (a zombie left for an init that does not reap counts as gone)."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2] == "Z"
+
+
+def test_workers_of_a_killed_driver_checkpoint_and_exit_then_a_rerun_resumes(tmp_path, mnist_root):
+    """`kill -9` of the driver alone: each worker notices within 30 s, saves its run's checkpoint, lets go of
+    its lock and exits; the same command again resumes both runs (none skipped as busy)."""
+    long_inputs = 8 * INPUTS  # long enough that neither run ends before the kill on a loaded machine
+    cfg = write_config(tmp_path / "pair.yml", GRID.replace("deckae: [0, 2]", "deckae: [0]")
+                       .replace(f"max_inputs: {INPUTS}\n", f"max_inputs: {long_inputs}\n"))
+    runs = tmp_path / "runs" / "wgrid"
+    pair = ["trial:1_deckae:0", "trial:2_deckae:0"]
+    args = ("train", "-c", cfg, "--runs-dir", tmp_path / "runs", "--data-root", mnist_root, "--workers", "2")
+    driver = start_kaec(*args)
+    workers = set()
+    try:
+        wait_for(lambda: all((runs / s / "checkpoint.pt").is_file() and (runs / s / ".lease.json").is_file()
+                             for s in pair), what="both runs under way")
+        workers = {json.loads((runs / s / ".lease.json").read_text())["pid"] for s in pair}
+        assert len(workers) == 2 and driver.pid not in workers
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=10)
+        wait_for(lambda: all(process_gone(pid) for pid in workers), timeout=30, what="the orphaned workers to exit")
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+        for pid in workers:  # a failed test leaves no orphan behind
+            if not process_gone(pid):
+                os.kill(pid, signal.SIGKILL)
+    for s in pair:
+        assert (runs / s / "checkpoint.pt").is_file() and not (runs / s / ".lease.json").exists(), s
+    r = kaec(*args, "--json")
+    assert r.returncode == 0 and "skipped" not in r.stderr, r.stderr
+    assert [s["status"] for s in json.loads(r.stdout)] == ["finished"] * 2
+    for s in pair:
+        first, second = attempts(runs / s)
+        assert first["pid"] in workers and second["resumed_from"] > 0
+        check_metrics_complete(runs / s, max_inputs=long_inputs)
