@@ -23,20 +23,22 @@ def export_command(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Export the encoder and decoder to ONNX, TorchScript and torch.export, verified against PyTorch."""
-    from kaecompress.data import load_images
-    from kaecompress.exporters import FORMATS, check_files, check_formats, export, read_manifest, verify_dir
-    from kaecompress.zoo import load_model
+    from kaecompress.exporters import FORMATS, check_files, check_formats
 
+    # Everything that can be refused from the command line and the folder alone, before torch is imported.
     if verify_only is not None:
-        manifest = check_files(verify_only)  # names and hashes first, before any model or data is loaded
+        manifest = check_files(verify_only)  # names, sizes and hashes first, before any model or data is loaded
         if source is None and not (isinstance(manifest.get("source"), str) and manifest["source"]):
             raise KaecError(f"{verify_only}: manifest.json names no source model; give SOURCE")
-        loaded = load_model(source or manifest["source"])
     else:
         if source is None or output is None:
             raise KaecError("export: give a SOURCE (run folder, checkpoint or model name) and -o OUTDIR")
         check_formats(formats or FORMATS)
-        loaded = load_model(source)
+    from kaecompress.data import load_images
+    from kaecompress.exporters import export, read_manifest, verify_dir
+    from kaecompress.zoo import load_model
+
+    loaded = load_model(source if verify_only is None else source or manifest["source"])
     images = load_images(loaded.dataset, False, data_root, loaded.model.shape)[:64]
     if verify_only is not None:
         report = verify_dir(verify_only, loaded.model, images)

@@ -77,6 +77,9 @@ def main() -> None:
     """Console entry point: mistakes become one line on stderr and exit 2 (`--debug` shows the trace)."""
     from kaecompress.errors import Interrupted
 
+    # before any library (onnxscript during an export, say) imports onnxruntime, whose telemetry would
+    # otherwise write ~/.cache/Microsoft/ (kaecompress.exporters.formats.import_onnxruntime)
+    os.environ["ORT_DISABLE_TELEMETRY"] = "1"
     argv = sys.argv[1:]
     debug = "--debug" in argv or os.environ.get("KAEC_DEBUG") == "1"
     argv = _expand_multi_value([a for a in argv if a != "--debug"])

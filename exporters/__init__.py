@@ -11,24 +11,26 @@ from __future__ import annotations
 import hashlib
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from kaecompress import __version__
 from kaecompress.errors import KaecError
-from kaecompress.exporters.formats import EXTENSIONS, PARTS, WRITERS, load_runner
-from kaecompress.models import CNNKAE
-from kaecompress.runs import atomic_write_json, public_mode, read_json
+from kaecompress.exporters.manifest import (ARTEFACTS, EXTENSIONS, FORMATS, MANIFEST, PARTS, check_files,
+                                            read_listed, read_manifest)
+from kaecompress.runs import atomic_write_json, public_mode
 
-MANIFEST = "manifest.json"
+if TYPE_CHECKING:  # torch is imported where it is used: reading a manifest needs none of it
+    import torch
+
+    from kaecompress.models import CNNKAE
+
 TOLERANCE = 1e-4
 BATCH_SIZES = (1, 37)
-FORMATS = tuple(WRITERS)
 
-__all__ = ["export", "export_onnx", "export_torchscript", "export_pt2", "verify", "verify_dir", "FORMATS",
-           "MANIFEST"]
+__all__ = ["export", "export_onnx", "export_torchscript", "export_pt2", "verify", "verify_dir", "check_files",
+           "read_manifest", "FORMATS", "MANIFEST"]
 
 
 class VerificationError(KaecError):
@@ -37,7 +39,7 @@ class VerificationError(KaecError):
 
 def check_formats(formats: Iterable[str]) -> tuple[str, ...]:
     formats = tuple(dict.fromkeys(formats))
-    bad = [f for f in formats if f not in WRITERS]
+    bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise KaecError(f"--format {bad[0] if bad else ''!r}: unknown format (expected: {', '.join(FORMATS)})")
     return formats
@@ -54,17 +56,29 @@ def _metadata(model: CNNKAE, source: str, weights: str) -> dict:
             "latent_dim": model.latent_dim}
 
 
-def verify(folder: Path, model: CNNKAE, images: torch.Tensor, files: Iterable[str] | None = None) -> dict:
-    """Run each artefact in its own runtime on `images` at batch sizes 1 and 37 and compare with the PyTorch
-    model. Returns {file: {"batch 1": max_abs_diff, ...}}; raises VerificationError past the tolerance."""
+def verify(folder: Path, model: CNNKAE, images: torch.Tensor, files: Iterable[str],
+           data: Mapping[str, bytes] | None = None) -> dict:
+    """Run each artefact among `files` in its own runtime on `images` at batch sizes 1 and 37 and compare with
+    the PyTorch model; other files (a codec's tables and reference decoder) are skipped, and nothing outside
+    `files` is touched. `data` holds artefacts' bytes already checked against a manifest, loaded from memory
+    so that what runs is what was checked. Returns {file: {"batch 1": max_abs_diff, ...}}; raises
+    VerificationError past the tolerance and KaecError for an artefact that does not load or run."""
+    import torch
+
+    from kaecompress.exporters.formats import load_runner
+
     model = model.eval()
     report, failures = {}, []
-    files = files or sorted(p.name for p in folder.iterdir() if p.suffix.lstrip(".") in EXTENSIONS.values())
     for name in files:
-        if Path(name).suffix.lstrip(".") not in EXTENSIONS.values():  # a codec's tables and reference decoder
+        if name not in ARTEFACTS:
             continue
-        part = name.split(".")[0]
-        run = load_runner(folder / name)
+        fmt, part = ARTEFACTS[name]
+        try:
+            run = load_runner(folder / name, data=(data or {}).get(name))
+        except KaecError:
+            raise
+        except Exception as e:  # the bytes are anyone's: each runtime has its own ways of refusing them
+            raise KaecError(f"{folder / name}: does not load as the {fmt} {part} ({_first_line(e)})") from e
         report[name] = {}
         for batch in BATCH_SIZES:
             x = images[:batch].float()
@@ -72,17 +86,33 @@ def verify(folder: Path, model: CNNKAE, images: torch.Tensor, files: Iterable[st
                 if part == "decoder":
                     x = model.encoder(x)
                 expected = getattr(model, part)(x)
-            got = run(x.contiguous())
-            if got.shape != expected.shape:
-                failures.append(f"{name} batch {batch}: shape {tuple(got.shape)} != {tuple(expected.shape)}")
-                continue
-            diff = (got - expected).abs().max().item()
+            try:
+                got = run(x.contiguous())
+                if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
+                    failures.append(f"{name} batch {batch}: output {_describe(got)}, expected shape "
+                                    f"{tuple(expected.shape)}")
+                    continue
+                diff = (got.float() - expected).abs().max().item()
+            except Exception as e:
+                raise KaecError(f"{folder / name}: does not run as this model's {part} on a batch of {batch} "
+                                f"({_first_line(e)})") from e
             report[name][f"batch {batch}"] = diff
             if not diff <= TOLERANCE:
                 failures.append(f"{name} batch {batch}: max abs diff {diff:.3g} > {TOLERANCE:g}")
     if failures:
         raise VerificationError("verification failed: " + "; ".join(failures))
     return report
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
+
+
+def _describe(out) -> str:
+    import torch
+
+    return f"of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
 
 
 def export(model: CNNKAE, out_dir: str | Path, formats: Iterable[str] = FORMATS, *, images: torch.Tensor,
@@ -93,6 +123,8 @@ def export(model: CNNKAE, out_dir: str | Path, formats: Iterable[str] = FORMATS,
     nothing behind. Returns {format: [paths]}. A codec model's tables (`prior`, a rangecoder.IntegerTables;
     by default its own frozen prior's) add prior.npz, the reference decoder kae_decode.py (with onnx) and a
     "bitstream" section to the manifest; `codec_id` is its shipped id, if any."""
+    from kaecompress.exporters.formats import WRITERS
+
     formats = check_formats(formats)
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
@@ -114,7 +146,7 @@ def export(model: CNNKAE, out_dir: str | Path, formats: Iterable[str] = FORMATS,
     public_mode(tmp, directory=True)
     try:
         written = {fmt: WRITERS[fmt](model, tmp, metadata) for fmt in formats}
-        report = verify(tmp, model, images)
+        report = verify(tmp, model, images, [p.name for paths in written.values() for p in paths])
         manifest = _manifest(model, metadata, formats, tmp, report)
         context = None
         if prior is None and getattr(model, "prior", None) is not None and model.prior.frozen:
@@ -144,14 +176,13 @@ def _only_an_export(folder: Path) -> bool:
         manifest = read_manifest(folder)
     except KaecError:
         return False
-    if not (manifest.get("format_version") and isinstance(manifest["files"], dict)):
-        return False
     listed = {*manifest["files"], MANIFEST}
     return all(p.name in listed and p.is_file() and not p.is_symlink() for p in folder.iterdir())
 
 
 def _manifest(model: CNNKAE, metadata: dict, formats, folder: Path, report: dict) -> dict:
     import onnx
+    import torch
 
     from kaecompress.exporters.kaepoly import DOMAIN, ONNX_OPSET, OP
 
@@ -188,39 +219,16 @@ def export_pt2(model: CNNKAE, out_dir, **kw) -> list[Path]:
     return export(model, out_dir, ("pt2",), **kw)["pt2"]
 
 
-def read_manifest(folder: str | Path) -> dict:
-    folder = Path(folder)
-    manifest = read_json(folder / MANIFEST)
-    if not isinstance(manifest, dict) or "files" not in manifest:
-        raise KaecError(f"{folder}: no readable {MANIFEST}; not an export folder")
-    return manifest
-
-
 def verify_dir(folder: str | Path, model: CNNKAE, images: torch.Tensor) -> dict:
-    """Re-check an export folder: every file's sha256 against the manifest, then outputs against `model`."""
+    """Re-check an export folder: its manifest, every listed file's size and sha256, then each artefact's
+    outputs against `model`. Only the files the manifest lists are read, and each is loaded from the very
+    bytes whose sha256 was checked."""
     from kaecompress.zoo import weights_sha256 as hash_weights
 
     folder = Path(folder)
-    manifest = check_files(folder)
-    ours, theirs = hash_weights(model), str(manifest.get("weights_sha256", ""))
-    if theirs and theirs != ours:
-        raise KaecError(f"{folder}: exported from another model (weights id {theirs[:16]}, this one's is {ours[:16]})")
-    return verify(folder, model, images, manifest["files"])
-
-
-def check_files(folder: str | Path) -> dict:
-    """The manifest of an export folder whose every file is present with the sha256 it lists."""
-    folder = Path(folder)
     manifest = read_manifest(folder)
-    if not isinstance(manifest["files"], dict):
-        raise KaecError(f"{folder / MANIFEST}: 'files' must map file names to their sha256 and size")
-    for name, info in manifest["files"].items():
-        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", "..") or "\\" in name:
-            raise KaecError(f"{folder / MANIFEST}: lists {name!r}; only plain file names inside {folder} are accepted")
-        if not isinstance(info, dict) or not isinstance(info.get("sha256"), str):
-            raise KaecError(f"{folder / MANIFEST}: entry {name!r} without a sha256")
-        if not (folder / name).is_file() or (folder / name).is_symlink():
-            raise KaecError(f"{folder / name}: missing (listed in {MANIFEST})")
-        if _sha256(folder / name) != info["sha256"]:
-            raise KaecError(f"{folder / name}: sha256 differs from {MANIFEST}; the file was changed")
-    return manifest
+    ours, theirs = hash_weights(model), manifest["weights_sha256"]
+    if theirs != ours:
+        raise KaecError(f"{folder}: exported from another model (weights id {theirs[:16]}, this one's is {ours[:16]})")
+    data = {name: read_listed(folder, name, info) for name, info in manifest["files"].items()}
+    return verify(folder, model, images, list(manifest["files"]), data)

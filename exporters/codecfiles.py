@@ -10,10 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from kaecompress.exporters.manifest import CODEC_FILES, DECODER, TABLES
 from kaecompress.rangecoder import ESCAPE_CLASSES, IntegerTables
 
-TABLES = "prior.npz"
-DECODER = "kae_decode.py"
 
 
 def write_codec_files(folder: Path, tables: IntegerTables, codec_id: int | None,
@@ -36,7 +35,7 @@ def write_codec_files(folder: Path, tables: IntegerTables, codec_id: int | None,
     files = {}
     for name in names:
         data = (folder / name).read_bytes()
-        files[name] = {"format": bundle, "part": "probability tables" if name == TABLES else "reference decoder",
+        files[name] = {"format": bundle, "part": CODEC_FILES[name],
                        "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
     bitstream = {
         "format": ".kae version 2 (kaecompress docs/kae-format.md)",

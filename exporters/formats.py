@@ -7,16 +7,17 @@ import contextlib
 import io
 import json
 import logging
+import os
 import warnings
 from pathlib import Path
 
 import torch
 
+from kaecompress.errors import KaecError
+from kaecompress.exporters.manifest import EXTENSIONS, PARTS
 from kaecompress.models import CNNKAE
 from kaecompress.runs import atomic_write_bytes
 
-PARTS = {"encoder": ("images", "latents"), "decoder": ("latents", "images")}
-EXTENSIONS = {"onnx": "onnx", "torchscript": "pt", "pt2": "pt2"}
 
 
 @contextlib.contextmanager
@@ -103,15 +104,27 @@ def write_pt2(model: CNNKAE, folder: Path, metadata: dict) -> list[Path]:
 WRITERS = {"onnx": write_onnx, "torchscript": write_torchscript, "pt2": write_pt2}
 
 
-def onnx_session(path: Path, provider: str = "cpu", threads: int | None = None, spinning: bool = True):
-    """An onnxruntime session on exactly the provider asked for. `spinning=False` stops its idle threads
-    from busy-waiting, which otherwise starves PyTorch's threads when both share a few cores."""
-    from kaecompress.errors import KaecError
+def import_onnxruntime():
+    """onnxruntime, imported with its telemetry off. Every import of it in this package goes through here.
 
+    Since 1.29 onnxruntime starts a telemetry client on Linux and macOS as soon as it is imported: it creates
+    ~/.cache/Microsoft/DeveloperTools/.onnxruntime/ (deviceid, onnxruntime.db and its -wal/-shm) and may
+    upload events. ORT_DISABLE_TELEMETRY=1 in the environment before the import stops all of it; measured with
+    1.32, disable_telemetry_events() or the variable set after the import leave the files behind, so this
+    must run before anything else imports onnxruntime. Child processes inherit the setting."""
+    os.environ["ORT_DISABLE_TELEMETRY"] = "1"
     try:
-        import onnxruntime as ort
+        import onnxruntime
     except ImportError:
         raise KaecError("onnxruntime is not installed: pip install 'kaecompress[cpu]' (or [gpu])") from None
+    return onnxruntime
+
+
+def onnx_session(model: Path | bytes, provider: str = "cpu", threads: int | None = None, spinning: bool = True):
+    """An onnxruntime session on exactly the provider asked for, from a file or the bytes of one: the one
+    place this package creates sessions. `spinning=False` stops its idle threads from busy-waiting, which
+    otherwise starves PyTorch's threads when both share a few cores."""
+    ort = import_onnxruntime()
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if threads:
@@ -120,23 +133,49 @@ def onnx_session(path: Path, provider: str = "cpu", threads: int | None = None, 
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     names = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider"]}[provider]
-    return ort.InferenceSession(str(path), options, providers=names)
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=names)
 
 
-def load_runner(path: Path, device: str | torch.device = "cpu"):
-    """A callable running one artefact in its own runtime: onnxruntime, torch.jit or torch.export. `device`
-    is where TorchScript weights are loaded (the others run on the CPU)."""
+def load_runner(path: Path, device: str | torch.device = "cpu", data: bytes | None = None):
+    """A callable running one artefact in its own runtime: onnxruntime, torch.jit or torch.export. `data`, when
+    given, is the artefact's bytes (already checked), loaded instead of reading `path`, which then only names
+    the format. `device` is where TorchScript weights are loaded (the others run on the CPU)."""
     fmt = {v: k for k, v in EXTENSIONS.items()}[path.suffix.lstrip(".")]
     if fmt == "onnx":
-        session = onnx_session(path)
+        session = onnx_session(path if data is None else data)
         name = session.get_inputs()[0].name
         return lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+    source = str(path) if data is None else io.BytesIO(data)
     with quiet():
-        module = (torch.jit.load(str(path), map_location=device) if fmt == "torchscript"
-                  else torch.export.load(str(path)).module())
+        module = (torch.jit.load(source, map_location=device) if fmt == "torchscript" else _load_pt2(path, source))
 
     def run(x):
         with torch.no_grad():
             return module(x)
 
     return run
+
+
+def _load_pt2(path: Path, source):
+    """torch.export.load without the pickles it would otherwise load: every torch.load in it is made
+    weights-only, and an archive holding custom or opaque objects (read with plain pickle) is refused.
+    Ours hold neither: only tensors and the graph as JSON."""
+    import zipfile
+
+    from torch.export.pt2_archive.constants import CUSTOM_OBJ_FILENAME_PREFIX, OPAQUE_OBJ_FILENAME_PREFIX
+
+    with zipfile.ZipFile(source) as archive:
+        pickled = [n for n in archive.namelist() if CUSTOM_OBJ_FILENAME_PREFIX in n or OPAQUE_OBJ_FILENAME_PREFIX in n]
+    if pickled:
+        raise KaecError(f"{path}: holds pickled objects ({pickled[0]}); refused, a model of ours holds none")
+    if not isinstance(source, str):
+        source.seek(0)
+    previous = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        return torch.export.load(source).module()
+    finally:
+        if previous is None:
+            del os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"]
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = previous

@@ -19,6 +19,7 @@ import argparse
 import binascii
 import json
 import os
+import stat
 import struct
 import sys
 import tempfile
@@ -30,6 +31,7 @@ import numpy as np
 MODES = ("L", "LA", "RGB", "RGBA", "1")
 FITS = ("tile", "resize")
 MAX_PIXELS = 178_956_970
+MAX_MANIFEST_BYTES, MAX_FILE_BYTES = 1 << 20, 1 << 30
 ESCAPE_CLASSES, LOW_BITS, CHUNK = 64, 16, 1 << 16
 
 
@@ -179,6 +181,8 @@ def entropy_decode(payload: bytes, offsets: np.ndarray, probs: np.ndarray, count
 # ---- pixels ---------------------------------------------------------------------------------------------
 
 def run_decoder(folder: Path, latents: np.ndarray) -> np.ndarray:
+    # Off before the import: onnxruntime's telemetry would otherwise write under ~/.cache/Microsoft.
+    os.environ["ORT_DISABLE_TELEMETRY"] = "1"
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -223,18 +227,51 @@ def png(pixels: np.ndarray, mode: str) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", head) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
 
 
+def read_regular(path: Path, max_bytes: int) -> bytes:
+    """A regular file of at most `max_bytes`: a FIFO or a device is refused without blocking on it (messages
+    leave the path to the caller)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise Refused(f"cannot read ({e.strerror or e})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Refused("not a regular file")
+        if st.st_size > max_bytes:
+            raise Refused(f"{st.st_size:,} bytes, over the {max_bytes:,} this reads")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise Refused(f"over the {max_bytes:,} bytes this reads")
+        return data
+    except OSError as e:
+        raise Refused(f"cannot read ({e.strerror or e})") from None
+    finally:
+        os.close(fd)
+
+
 def decode_file(path: Path, folder: Path) -> tuple[bytes, dict]:
     try:
-        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest = json.loads(read_regular(folder / "manifest.json", MAX_MANIFEST_BYTES))
+    except Refused as e:
+        raise Refused(f"{folder / 'manifest.json'}: {e}") from None
+    except RecursionError:
+        raise Refused(f"{folder / 'manifest.json'}: nested too deep") from None
+    except ValueError as e:
+        raise Refused(f"{folder}: not an export folder of a codec model ({e})") from None
+    try:
         spec = manifest["bitstream"]
         weights_sha256 = manifest["weights_sha256"]
         _, _, h, w = manifest["input"]["shape"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        tables = spec["tables"] if isinstance(spec, dict) else None
+        if not isinstance(tables, str) or Path(tables).name != tables or tables in ("", ".", ".."):
+            raise ValueError("'bitstream' must name its tables, a file in the export folder")
+        if len(bytes.fromhex(weights_sha256)) != 32 or not all(type(v) is int and v > 0 for v in (h, w)):
+            raise ValueError("weights_sha256 must be 64 hex digits and the input shape positive integers")
+    except (ValueError, KeyError, TypeError) as e:
         raise Refused(f"{folder}: not an export folder of a codec model ({e})") from None
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise Refused(f"cannot read ({e.strerror or e})") from None
+    data = read_regular(path, MAX_FILE_BYTES)
     header = parse(data, (h, w))
     check(data, header, weights_sha256, spec.get("codec_id"))
     offsets, probs, context = load_tables(folder / spec["tables"])

@@ -135,8 +135,11 @@ class MachineLoad:
 
 
 def environment(threads: int | None) -> dict:
-    import onnxruntime as ort
     import torch
+
+    from kaecompress.exporters.formats import import_onnxruntime
+
+    ort = import_onnxruntime()
 
     cpu = platform.processor() or ""
     try:
@@ -152,15 +155,14 @@ def environment(threads: int | None) -> dict:
 
 def cuda_sessions(folder, threads, flag: str = "--provider cuda"):
     """Encoder and decoder sessions on CUDA, refusing to run when CUDA is not really in use (errors name `flag`)."""
-    import onnxruntime as ort
+    from kaecompress.exporters.formats import import_onnxruntime, onnx_session
 
+    ort = import_onnxruntime()
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         raise KaecError(f"{flag}: this onnxruntime has no CUDA support; install the GPU build in an "
                         "environment without the CPU one: pip uninstall onnxruntime && pip install -e '.[gpu]' "
                         "(in the kaecompress checkout)")
     import torch
-
-    from kaecompress.exporters.formats import onnx_session
 
     if torch.version.cuda and not torch.cuda.is_available():
         # Said here in one line; onnxruntime would log a screenful about libcuda and then fall back.
@@ -303,7 +305,9 @@ def run_bench(loaded, *, provider: str = "cpu", batch_sizes: Sequence[int] = (1,
 def iobinding_run(session, name: str, inp: np.ndarray, device: str = "cuda"):
     """A call running `session` with its input and output kept on `device` (no host copies per call), and
     the binding, whose `copy_outputs_to_cpu()` reads the last result."""
-    import onnxruntime as ort
+    from kaecompress.exporters.formats import import_onnxruntime
+
+    ort = import_onnxruntime()
 
     binding = session.io_binding()
     binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(inp, device, 0))

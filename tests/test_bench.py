@@ -116,10 +116,11 @@ def test_io_binding_runs_the_session_and_keeps_the_result_on_the_device(exported
 def test_a_cuda_session_that_fell_back_to_cpu_is_refused(exported_tiny, monkeypatch):
     """onnxruntime asked for CUDA where it cannot load builds a CPU session and only logs it; with a GPU
     pretended visible, that session is what the check sees, and it must refuse."""
-    import onnxruntime as ort
-
     from kaecompress.bench import cuda_sessions
     from kaecompress.errors import KaecError
+    from kaecompress.exporters.formats import import_onnxruntime
+
+    ort = import_onnxruntime()  # the module the package uses, imported with its telemetry off
 
     if _cuda_ready():
         pytest.skip("CUDA really works here")
@@ -133,8 +134,11 @@ def test_a_cuda_session_that_fell_back_to_cpu_is_refused(exported_tiny, monkeypa
 
 
 def _cuda_ready() -> bool:
-    import onnxruntime as ort
     import torch
+
+    from kaecompress.exporters.formats import import_onnxruntime
+
+    ort = import_onnxruntime()
 
     return torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers()
 

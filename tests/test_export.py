@@ -1,6 +1,8 @@
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -13,7 +15,7 @@ from kaecompress.exporters import MANIFEST, export, verify_dir
 from kaecompress.train import load_checkpoint
 from kaecompress.zoo import load_run
 
-from conftest import TINY, kaec, write_config
+from conftest import TINY, kaec, kaec_bounded, write_config
 
 KAE_BOTH = TINY.replace("decoder_kae_order: 2", "encoder_kae_order: 3\n  decoder_kae_order: 2")
 
@@ -87,13 +89,12 @@ def test_no_batch_by_out_by_in_tensor_in_the_onnx_graph(exported):
 
 
 def test_onnxruntime_matches_pytorch_on_real_images(exported, trained, mnist_val):
-    import onnxruntime as ort
+    from kaecompress.exporters.formats import onnx_session
 
     out, _, _ = exported
     model = load_run(trained[1]).model
     x = mnist_val[100:117]
-    enc = ort.InferenceSession(str(out / "encoder.onnx"), providers=["CPUExecutionProvider"])
-    dec = ort.InferenceSession(str(out / "decoder.onnx"), providers=["CPUExecutionProvider"])
+    enc, dec = onnx_session(out / "encoder.onnx"), onnx_session(out / "decoder.onnx")
     z = enc.run(None, {"images": x.numpy()})[0]
     y = dec.run(None, {"latents": z})[0]
     with torch.no_grad():
@@ -215,3 +216,247 @@ def test_force_replaces_only_an_earlier_export(trained, mnist_val, tmp_path, mon
     with pytest.raises(KaecError, match="--force replaces only"):
         export(model, tmp_path / "out", ("pt2",), images=mnist_val[:40], force=True)
     assert (tmp_path / "out" / "README.txt").is_file()
+
+
+# ---- --verify-only: the manifest decides what is read, and only what it lists is loaded ----------------
+
+def _copy_with_manifest(out, dest, edit=None):
+    """A copy of the export folder `out` whose manifest has gone through `edit(manifest)` first."""
+    import shutil
+
+    shutil.copytree(out, dest)
+    manifest = json.loads((dest / MANIFEST).read_text())
+    if edit:
+        edit(manifest)
+    (dest / MANIFEST).write_text(json.dumps(manifest))
+    return dest
+
+
+def _relist(manifest, folder, name):
+    """Make the manifest's entry for `name` match the file as it now is (an edit, not an accident)."""
+    import hashlib
+
+    data = (folder / name).read_bytes()
+    manifest["files"][name].update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+
+
+def _one_line_exit_2(r, *needles):
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_verify_only_refuses_a_manifest_that_lists_nothing(exported, tmp_path):
+    out, _, _ = exported
+    empty = _copy_with_manifest(out, tmp_path / "empty", lambda m: m.update(files={}))
+    r, wall, _ = kaec_bounded("export", "--verify-only", empty)
+    _one_line_exit_2(r, f"{empty / MANIFEST}: 'files' lists no artefacts")
+    assert wall < 5
+    # the audit's manifest, verbatim
+    (empty / MANIFEST).write_text('{"files": {}, "source": "mnist-q2"}')
+    r = kaec("export", "--verify-only", empty)
+    _one_line_exit_2(r, f"{empty / MANIFEST}:")
+    # half a format: the encoder without its decoder
+    half = _copy_with_manifest(out, tmp_path / "half", lambda m: m["files"].pop("decoder.pt"))
+    _one_line_exit_2(kaec("export", "--verify-only", half), f"{half / MANIFEST}: lists no decoder.pt;")
+    # a file no export writes, and one outside the folder
+    for name in ("model.bin", "../exported/encoder.onnx"):
+        odd = _copy_with_manifest(out, tmp_path / f"odd{len(name)}",
+                                  lambda m: m["files"].update({name: dict(m["files"]["encoder.onnx"])}))
+        _one_line_exit_2(kaec("export", "--verify-only", odd), f"{odd / MANIFEST}: lists {name!r}, which no export "
+                                                                "writes")
+
+
+def test_verify_only_loads_only_listed_files_each_checked_first(exported, mnist_root, tmp_path):
+    out, _, _ = exported
+
+    def only_onnx(manifest):
+        manifest["files"] = {k: v for k, v in manifest["files"].items() if k.endswith(".onnx")}
+
+    folder = _copy_with_manifest(out, tmp_path / "onnx-only", only_onnx)
+    for name in ("encoder.pt", "decoder.pt2"):  # unlisted, and no model: never loaded
+        (folder / name).write_bytes(b"not a model")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    r = kaec("export", "--verify-only", folder, "--data-root", mnist_root, "--json")
+    assert r.returncode == 0, r.stderr
+    assert set(json.loads(r.stdout)["verified"]) == {"encoder.onnx", "decoder.onnx"}
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # nothing written
+
+
+def test_verify_only_a_listed_file_that_is_no_model_is_exit_2(exported, mnist_root, tmp_path):
+    """The sha256 matches (the manifest was edited with the file), so only loading it can tell."""
+    out, _, _ = exported
+    folder = tmp_path / "edited"
+
+    def garbage_pt2(manifest):
+        (folder / "decoder.pt2").write_bytes(b"PK\x03\x04 no zip archive")
+        _relist(manifest, folder, "decoder.pt2")
+
+    _copy_with_manifest(out, folder, garbage_pt2)
+    r, wall, _ = kaec_bounded("export", "--verify-only", folder, "--data-root", mnist_root)
+    _one_line_exit_2(r, f"{folder / 'decoder.pt2'}: does not load as the pt2 decoder")
+    assert "unexpected" not in r.stderr
+
+
+def test_verify_dir_refuses_each_kind_of_artefact_that_does_not_load_or_run(exported, trained, mnist_val,
+                                                                            tmp_path):
+    out, _, _ = exported
+    model = load_run(trained[1]).model
+    cases = {"encoder.onnx": (b"\x08\x07 not onnx", "does not load as the onnx encoder"),
+             "encoder.pt": (b"not torchscript", "does not load as the torchscript encoder"),
+             # a real model in the wrong place: loads, then cannot take the encoder's input
+             "encoder.pt2": ((out / "decoder.pt2").read_bytes(), "does not run as this model's encoder")}
+    for name, (data, message) in cases.items():
+        folder = tmp_path / name
+
+        def replace(manifest, folder=folder, name=name, data=data):
+            (folder / name).write_bytes(data)
+            _relist(manifest, folder, name)
+
+        _copy_with_manifest(out, folder, replace)
+        with pytest.raises(KaecError, match="^" + str(folder / name).replace(".", r"\.") + ": " + message) as e:
+            verify_dir(folder, model, mnist_val[:64])
+        assert "\n" not in str(e.value)
+
+
+def test_verify_dir_refuses_symlinks_special_files_and_changed_sizes(exported, trained, mnist_val, tmp_path):
+    import os
+
+    out, _, _ = exported
+    model = load_run(trained[1]).model
+    folder = _copy_with_manifest(out, tmp_path / "x")
+    (folder / "encoder.pt").unlink()
+    (folder / "encoder.pt").symlink_to(out / "encoder.pt")  # same bytes, but outside the folder
+    with pytest.raises(KaecError, match=r"encoder\.pt: a symbolic link"):
+        verify_dir(folder, model, mnist_val[:64])
+    (folder / "encoder.pt").unlink()
+    os.mkfifo(folder / "encoder.pt")
+    with pytest.raises(KaecError, match=r"encoder\.pt: not a regular file"):
+        verify_dir(folder, model, mnist_val[:64])
+    (folder / "encoder.pt").unlink()
+    (folder / "encoder.pt").write_bytes((out / "encoder.pt").read_bytes() + b"\0")
+    with pytest.raises(KaecError, match=r"encoder\.pt: [\d,]+ bytes where manifest\.json lists"):
+        verify_dir(folder, model, mnist_val[:64])
+
+
+@pytest.mark.parametrize("kind", ["deep", "deep-in-files", "fifo", "dev-zero-link", "huge"])
+def test_verify_only_refuses_a_special_or_huge_manifest_quickly(kind, tmp_path):
+    import os
+
+    folder = tmp_path / "exported"
+    folder.mkdir()
+    manifest = folder / MANIFEST
+    if kind == "deep":
+        manifest.write_text("[" * 100_000)
+    elif kind == "deep-in-files":
+        manifest.write_text('{"format_version": 1, "files": {"encoder.onnx": ' + "[" * 100_000 + "]" * 100_000 + "}}")
+    elif kind == "fifo":
+        os.mkfifo(manifest)
+    elif kind == "dev-zero-link":
+        manifest.symlink_to("/dev/zero")
+    else:
+        manifest.write_text('{"format_version": 1, "files": {}, "pad": "' + "x" * 40_000_000 + '"}')
+    r, wall, peak_mb = kaec_bounded("export", "--verify-only", folder, timeout=30)
+    _one_line_exit_2(r, f"{manifest}:")
+    assert wall < 5 and peak_mb < 300, (wall, peak_mb)
+    assert sorted(p.name for p in folder.iterdir()) == [MANIFEST]
+
+
+def _files_under(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_verify_only_and_onnx_encode_leave_nothing_in_home(exported, env, mnist_val, mnist_root, tmp_path):
+    """onnxruntime's telemetry writes ~/.cache/Microsoft/DeveloperTools/.onnxruntime/ when it is imported,
+    unless told not to before the import (kaecompress.exporters.formats.import_onnxruntime)."""
+    from PIL import Image
+
+    out, _, _ = exported
+    control = tmp_path / "control"  # without our switch, this onnxruntime does write there
+    control.mkdir()
+    bare = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    subprocess.run([sys.executable, "-c", "import onnxruntime"], check=True, timeout=120,
+                   env={**bare, "HOME": str(control), "XDG_CACHE_HOME": str(control / ".cache")})
+    if not _files_under(control):
+        pytest.skip("this onnxruntime writes nothing to ~/.cache when imported: nothing to switch off")
+    home = tmp_path / "home"
+    home.mkdir()
+    clean = {**env, "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"), "ORT_DISABLE_TELEMETRY": ""}
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    r = kaec("export", "--verify-only", out, "--data-root", mnist_root, env=clean)
+    assert r.returncode == 0, r.stderr
+    assert _files_under(home) == [] and {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    Image.fromarray((mnist_val[0, 0].numpy() * 255).astype("uint8")).save(tmp_path / "d.png")
+    r = kaec("encode", tmp_path / "d.png", "-o", tmp_path / "d.kae", "-m", "tiny-a", "--backend", "onnx",
+             "--data-root", mnist_root, env=clean)
+    assert r.returncode == 0, r.stderr
+    # only kaecompress's own export cache, which --backend onnx builds on first use
+    assert {Path(p).parts[:2] for p in _files_under(home)} == {(".cache",), (".cache", "kaecompress")}
+
+
+@pytest.mark.parametrize("kind", ["fifo", "deep", "dev-zero-link"])
+def test_the_reference_decoder_refuses_a_special_or_deep_manifest(kind, tmp_path):
+    """exporters/kae_decode.py reads an export's manifest.json without kaecompress: bounded all the same."""
+    import os
+
+    folder = tmp_path / "exported"
+    folder.mkdir()
+    manifest = folder / MANIFEST
+    if kind == "fifo":
+        os.mkfifo(manifest)
+    elif kind == "deep":
+        manifest.write_text("[" * 100_000)
+    else:
+        manifest.symlink_to("/dev/zero")
+    (tmp_path / "x.kae").write_bytes(b"\x82" + bytes(20))
+    script = Path(__file__).parents[1] / "exporters" / "kae_decode.py"
+    r = subprocess.run([sys.executable, script, tmp_path / "x.kae", "-o", tmp_path / "x.png", "--export", folder],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert f"{manifest}:" in r.stderr and "Traceback" not in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exported", "x.kae"]
+
+
+class _Plants:
+    """Unpickled, creates the file it names: what a crafted archive could do on load."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_pt2_carrying_a_pickle_does_not_run_it(exported, trained, mnist_val, tmp_path):
+    """torch.export.load falls back to unpickling anything (weights_only=False) when a member will not load
+    as weights: with the manifest edited to match, verifying such a file must refuse it, not run it."""
+    import pickle
+    import zipfile
+
+    out, _, _ = exported
+    marker = tmp_path / "planted"
+    folder = tmp_path / "crafted"
+
+    def craft(manifest):
+        with zipfile.ZipFile(out / "encoder.pt2") as src, zipfile.ZipFile(folder / "encoder.pt2", "w") as dst:
+            for name in src.namelist():
+                dst.writestr(name, pickle.dumps(_Plants(marker)) if name.endswith("sample_inputs/model.pt")
+                             else src.read(name))
+        _relist(manifest, folder, "encoder.pt2")
+
+    _copy_with_manifest(out, folder, craft)
+    with pytest.raises(KaecError, match=r"encoder\.pt2: does not load as the pt2 encoder \(UnpicklingError"):
+        verify_dir(folder, load_run(trained[1]).model, mnist_val[:64])
+    assert not marker.exists()
+    from kaecompress.exporters.formats import load_runner
+
+    for name in ("custom_obj_0", "opaque_obj_0"):  # loaded with plain pickle whatever the setting: refused unread
+        crafted = tmp_path / f"{name}.pt2"
+        crafted.write_bytes((out / "encoder.pt2").read_bytes())
+        with zipfile.ZipFile(crafted, "a") as archive:
+            archive.writestr(f"archive/data/constants/{name}", pickle.dumps(_Plants(marker)))
+        with pytest.raises(KaecError, match=rf"{name}\.pt2: holds pickled objects \(.*{name}\)"):
+            load_runner(crafted, data=crafted.read_bytes())
+        assert not marker.exists()
