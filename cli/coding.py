@@ -21,7 +21,9 @@ BATCH = typer.Option(256, "--batch-size", min=1, help="Tiles per network call.")
 DATA_ROOT = typer.Option(None, "--data-root", help="Dataset root (for verifying an ONNX export).")
 JSON = typer.Option(False, "--json", help="Print what was written as JSON.")
 MAX_PIXELS = typer.Option(40_000_000, "--max-pixels", min=1, help="Refuse images (and files claiming images) "
-                          "over this many pixels, before reading their pixels.")
+                          "over this many pixels, before reading their pixels (and images so thin that their tiles "
+                          "cover twice that). Large images are worked on in strips: at the default, encoding or "
+                          "decoding the largest (RGBA) peaks at about 1,300 MB, measured.")
 
 def _inputs(paths: List[Path], suffixes: tuple[str, ...]) -> list[Path]:
     found = []
@@ -85,12 +87,15 @@ def encode(
     """Compress images to latents. A sample of each image's tiles is decoded again, and an image that
     reconstructs far worse than the model's own test images gets a one-line warning."""
     from kaecompress.cli.progress import SearchProgress
-    from kaecompress.codec import Codec, open_image
-    from kaecompress.containers import QUANTS, SUFFIXES, serialize
+    from kaecompress.codec import Codec, check_backend, open_image
+    from kaecompress.containers import FITS, QUANTS, SUFFIXES, serialize
     from kaecompress.data import IMAGE_SUFFIXES
 
     if quant not in QUANTS:
         raise KaecError(f"--quant: expected one of {', '.join(QUANTS)}, got {quant!r}")
+    if fit not in FITS:
+        raise KaecError(f"--fit: expected {' or '.join(FITS)}, got {fit!r}")
+    check_backend(backend, device)
     if fmt is not None and f".{fmt}" not in SUFFIXES:
         raise KaecError(f"--format: expected npy, npz or kae, got {fmt!r}")
     files = _inputs(inputs, tuple(IMAGE_SUFFIXES))
@@ -101,12 +106,20 @@ def encode(
     if fmt is not None and suffix != f".{fmt}":
         raise KaecError(f"--format {fmt}: -o {output} says {suffix}; give one or the other")
     targets = _outputs(files, output, to_folder, suffix)
+    spec = _encoding_model(model, quality, dataset)
+    early = _shipped_layout(spec)
+    if rdo and early is not None and not early.rate_model:
+        raise KaecError(f"--rdo: {spec} has no probability model (expected a codec model: see `kaec models`)")
     images = [open_image(p, max_pixels) for p in files]  # every input is read before anything is written
+    if early is not None:
+        _check_tiles(files, images, fit, early.tile, max_pixels)
     from kaecompress.zoo import load_model  # torch: only once the inputs and the model's files are good
 
-    loaded = load_model(_encoding_model(model, quality, dataset))
+    loaded = load_model(spec)
     _set_threads()
     codec = Codec(loaded, backend, batch_size, data_root, device, rdo_sweeps=rdo)
+    if early is None:
+        _check_tiles(files, images, fit, (codec.height, codec.width), max_pixels)
     if rdo and not codec.rate_model:
         raise KaecError(f"--rdo: {loaded.name} has no probability model (expected a codec model: see `kaec models`)")
     with SearchProgress(codec, quiet=as_json):
@@ -179,54 +192,104 @@ def decode(
     as_json: bool = JSON,
 ) -> None:
     """Decompress latents to PNG images (original size and mode)."""
-    from kaecompress.codec import Codec
-    from kaecompress.containers import SUFFIXES, check_claimed_size, read
+    from kaecompress.codec import Codec, check_backend
+    from kaecompress.containers import SUFFIXES, precheck, read_input
 
+    check_backend(backend, device)
     files = _inputs(inputs, SUFFIXES)
     to_folder = _to_folder(inputs, files, output)
     if not to_folder and output.suffix.lower() != ".png":
         raise KaecError(f"{output}: decode writes PNG files (use a .png name or a folder)")
     targets = _outputs(files, output, to_folder, ".png")
-    for p in files:  # sizes claimed by headers, before torch and the model are loaded
-        check_claimed_size(p, max_pixels)
+    # Every file is read and checked before torch and the model are loaded: its header, the size it claims,
+    # and, when the model is a shipped one (its card says enough), all but the entropy decoding.
+    data = {p: read_input(p, max_pixels) for p in files}
+    for p in files:
+        precheck(p, data[p], max_pixels)
+    from kaecompress.zoo import default_model
+
+    spec = model or _model_of(files[0], data[files[0]]) or default_model()
+    early = _shipped_layout(spec)
+    read_early = _read_files(files, data, early, max_pixels) if early is not None else {}
     from kaecompress.zoo import load_model
 
-    loaded = load_model(model or _model_of(files[0]))  # none named: the default model
+    loaded = load_model(spec)
     _set_threads()
     codec = Codec(loaded, backend, batch_size, data_root, device)
-    shape = (codec.height, codec.width)
-    v2 = [p for p in files if _is_v2(p)]  # read together: a context model restores all their latents at once
-    read_v2 = dict(zip(v2, codec.from_kae_many([p.read_bytes() for p in v2], [str(p) for p in v2], max_pixels)))
-    encoded = [read_v2[p] if p in read_v2
-               else read(p, codec.latent_dim, shape, codec.channels, codec.check_model, max_pixels) for p in files]
+    if codec.layout != early:  # a run folder or checkpoint: only now is its layout known
+        read_early = _read_files(files, data, codec.layout, max_pixels)
+    v2 = [p for p in files if _is_v2(p, data[p])]  # together: a context model restores all their latents at once
+    read_v2 = dict(zip(v2, codec.from_kae_many([data[p] for p in v2], [str(p) for p in v2], max_pixels)))
+    encoded = [read_v2[p] if p in read_v2 else read_early[p] for p in files]
+    del data, read_early, read_v2
     images = codec.decompress_many(encoded)
+    del encoded
     import io
 
     from kaecompress.outputs import write_all
 
-    blobs = []
-    for im in images:
+    blobs, rows = [], []
+    for i, (src, dst) in enumerate(zip(files, targets)):
+        im, images[i] = images[i], None  # each image is let go once it is a PNG
         buf = io.BytesIO()
         im.save(buf, format="PNG")
-        blobs.append(buf.getvalue())
+        blobs.append(buf.getbuffer())  # the PNG itself, not a copy
+        rows.append({"input": str(src), "output": str(dst), "size": list(im.size), "mode": im.mode})
+        del im
     if to_folder:
         output.mkdir(exist_ok=True)
     write_all(list(zip(targets, blobs)))  # all outputs land, or none
-    rows = [{"input": str(src), "output": str(dst), "size": list(im.size), "mode": im.mode}
-            for src, dst, im in zip(files, targets, images)]
     _report(rows, as_json, f"decoded with {loaded.name}")
 
 
-def _model_of(path: Path) -> str | None:
-    """The shipped model a .kae/.npz file was encoded with, if it names one we have."""
+def _check_tiles(files: list[Path], images: list, fit: str, tile: tuple[int, int], max_pixels: int) -> None:
+    """An image too thin for its tiles (see containers.check_tiles) is refused before it is encoded, as its
+    file would be when decoded."""
+    from kaecompress.containers import check_tiles
+
+    if fit != "tile":
+        return
+    for path, im in zip(files, images):
+        check_tiles((1, -(-im.height // tile[0]), -(-im.width // tile[1])), tile, str(path), max_pixels)
+
+
+def _shipped_layout(spec: str):
+    """The layout of the shipped model `spec` from its card alone (no torch); None for a run folder or a
+    checkpoint, or a card too damaged to say (loading the model then gives the precise error)."""
+    from kaecompress.codec import Layout
+    from kaecompress.zoo import cards
+
+    card = cards().get(spec)
+    try:
+        return Layout.of_card(spec, card) if card is not None else None
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def _read_files(files: list[Path], data: dict, layout, max_pixels: int) -> dict:
+    """Version-1 .kae, .npz and .npy files read and checked against the model's `layout`; version-2 files
+    checked as far as they can be without its probability tables (header, layout, pixels, checksum)."""
+    from kaecompress.containers import read
+
+    found = {}
+    for p in files:
+        if _is_v2(p, data[p]):
+            layout.kae_header(data[p], str(p), max_pixels, checksum=True)
+        else:
+            found[p] = read(p, layout.latent_dim, layout.tile, layout.channels, layout.check_model, max_pixels, data[p])
+    return found
+
+
+def _model_of(path: Path, data: bytes) -> str | None:
+    """The shipped model a .kae/.npz file (its bytes `data`) was encoded with, if it names one we have."""
     from kaecompress.containers import from_kae
     from kaecompress.zoo import find_by_hash
 
-    if _is_v2(path):
+    if _is_v2(path, data):
         from kaecompress import bitstream
         from kaecompress.zoo import by_codec_id
 
-        header = bitstream.parse_header(path.read_bytes(), str(path))
+        header = bitstream.parse_header(data, str(path))
         found = by_codec_id(header.codec_id) if header.codec_id is not None else find_by_hash(header.model_id)
         if found is None:  # v2 files only decode with their own model: say so rather than try the default
             made = f"codec id {header.codec_id}" if header.codec_id is not None else f"id {header.model_id}"
@@ -234,27 +297,18 @@ def _model_of(path: Path) -> str | None:
                             "run folder or checkpoint that encoded it")
         return found
     if path.suffix.lower() == ".kae":  # a damaged .kae is reported as such, before any model is loaded
-        return find_by_hash(from_kae(path.read_bytes(), str(path))[0].weights_sha256)
+        return find_by_hash(from_kae(data, str(path))[0].weights_sha256)
     if path.suffix.lower() == ".npz":
         from kaecompress.containers import npz_weights_id
 
-        return find_by_hash(npz_weights_id(path) or "")
+        return find_by_hash(npz_weights_id(data, str(path)) or "")
     return None
 
 
-def _is_v2(path: Path) -> bool:
-    """A .kae file of version 2 (entropy-coded, from a codec model), judged by its first byte."""
-    from kaecompress import bitstream
-
-    if path.suffix.lower() != ".kae":
-        return False
-    try:
-        with open(path, "rb") as f:
-            return bitstream.version(f.read(1)) == 2
-    except KaecError:
-        return False  # the version-1 reader reports what is wrong with it
-    except OSError as e:
-        raise KaecError(f"{path}: cannot read ({e.strerror or e})") from None
+def _is_v2(path: Path, data: bytes) -> bool:
+    """A .kae file of version 2 (entropy-coded, from a codec model), judged by its first byte; any other
+    first byte is left to the version-1 reader, which says what is wrong."""
+    return path.suffix.lower() == ".kae" and bool(data) and bool(data[0] & 0x80)
 
 
 def _report(rows: list[dict], as_json: bool, title: str) -> None:

@@ -19,7 +19,6 @@ Reading is two steps, because the payload can only be decoded with the model's t
 from __future__ import annotations
 
 import binascii
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -27,6 +26,7 @@ from functools import lru_cache
 import numpy as np
 
 from kaecompress import rangecoder
+from kaecompress.containers import check_layout
 from kaecompress.errors import KaecError
 
 VERSION = 2
@@ -71,15 +71,15 @@ class Header:
         return replace(self, width=int(tile[1]), height=int(tile[0]))
 
 
-def version(data: bytes) -> int:
-    """1 or 2 from the first byte; anything else is a KaecError."""
+def version(data: bytes, where: str = ".kae file") -> int:
+    """1 or 2 from the first byte; anything else is a KaecError naming `where`."""
     if not data:
-        raise KaecError("empty file; expected a .kae file")
+        raise KaecError(f"{where}: empty file; expected a .kae file")
     if data[0] & _COMPACT:
         return VERSION
     if data[0] == _V1_FIRST:
         return 1
-    raise KaecError(f"unsupported .kae version (first byte 0x{data[0]:02x})")
+    raise KaecError(f"{where}: unsupported .kae version (first byte 0x{data[0]:02x})")
 
 
 # ---- writing ----------------------------------------------------------------------------------------
@@ -170,7 +170,7 @@ def parse_header(data: bytes, where: str = ".kae file") -> Header:
         if len(data) < 1 + CHECK_BYTES:
             raise KaecError(f"{where}: truncated .kae file")
         return _compact_header(data[0] & 0x3F)
-    if version(data) != VERSION:
+    if version(data, where) != VERSION:
         raise KaecError(f"{where}: a version 1 file; read it with kaecompress.containers.from_kae")
     first = data[0]
     flags = first & 0x3F
@@ -195,8 +195,9 @@ def parse_header(data: bytes, where: str = ".kae file") -> Header:
         raise KaecError(f"{where}: image size {width}x{height}; expected 1 to {MAX_PIXELS:,} pixels")
     if not 1 <= planes <= 4 or not 1 <= ty <= height or not 1 <= tx <= width:
         raise KaecError(f"{where}: tile grid {planes}x{ty}x{tx} does not fit a {width}x{height} image")
-    return Header(codec_id, model_id, width, height, MODES[(flags >> 2) & 0x07], FITS[(flags >> 1) & 1],
-                  (planes, ty, tx), pos)
+    mode, fit = MODES[(flags >> 2) & 0x07], FITS[(flags >> 1) & 1]
+    check_layout(where, mode=mode, fit=fit, width=width, height=height, grid=(planes, ty, tx))
+    return Header(codec_id, model_id, width, height, mode, fit, (planes, ty, tx), pos)
 
 
 @lru_cache(maxsize=None)
@@ -223,26 +224,28 @@ def _read_varint(data: bytes, pos: int, where: str) -> tuple[int, int]:
     raise KaecError(f"{where}: malformed number in the .kae header at byte {pos}")
 
 
+def check_sum(data: bytes, header: Header, weights_sha256: str, where: str = ".kae file") -> None:
+    """The file names this model (if by hash) and its CRC, started from this model's identity, holds."""
+    if header.model_id is not None and header.model_id != weights_sha256[:16].lower():
+        raise KaecError(f"{where}: encoded with another model (id {header.model_id}) than the one given "
+                        f"(id {weights_sha256[:16]})")
+    body = data[:-CHECK_BYTES]
+    if len(body) < header.size or _check(_identity(weights_sha256), body) != data[-CHECK_BYTES:]:
+        raise KaecError(f"{where}: checksum mismatch: the file is damaged, truncated or was made with "
+                        "another model")
+
+
 def read_payload(data: bytes, header: Header, tables: rangecoder.IntegerTables, weights_sha256: str,
                  tile: tuple[int, int] | None = None, where: str = ".kae file") -> np.ndarray:
     """The latent integers (planes, tiles_y, tiles_x, D) int32, once the file is shown to be whole and made
     with this model. With the model's `tile` (height, width), the grid is checked against the image size."""
     data = bytes(data)
-    identity = _identity(weights_sha256)
-    if header.model_id is not None and header.model_id != weights_sha256[:16].lower():
-        raise KaecError(f"{where}: encoded with another model (id {header.model_id}) than the one given "
-                        f"(id {weights_sha256[:16]})")
-    body, check = data[:-CHECK_BYTES], data[-CHECK_BYTES:]
-    if len(body) < header.size or _check(identity, body) != check:
-        raise KaecError(f"{where}: checksum mismatch: the file is damaged, truncated or was made with "
-                        "another model")
-    if tile is not None and not header.compact:
-        full = header
-        need = (1, 1) if full.fit == "resize" else (math.ceil(full.height / tile[0]), math.ceil(full.width / tile[1]))
-        if full.grid[1:] != need:
-            raise KaecError(f"{where}: a {full.width}x{full.height} image ({full.fit}) needs {need[0]}x{need[1]} "
-                            f"tiles of {tile[1]}x{tile[0]}, the file has {full.grid[1]}x{full.grid[2]}")
-    symbols = rangecoder.decode(body[header.size:], tables, header.tiles)
+    check_sum(data, header, weights_sha256, where)
+    if tile is not None:
+        full = header.with_tile(tile)
+        check_layout(where, mode=full.mode, fit=full.fit, width=full.width, height=full.height, grid=full.grid,
+                     patch=tile)
+    symbols = rangecoder.decode(data[header.size:-CHECK_BYTES], tables, header.tiles)
     return symbols.reshape(*header.grid, tables.dims)
 
 
@@ -250,7 +253,6 @@ def read_tiles(files, *, tables: rangecoder.IntegerTables, weights_sha256: str, 
                names=None) -> tuple[list[Header], np.ndarray]:
     """Headers (sizes filled in) and latent integers (N, D) of N files that each hold one tile, checked as
     `read_payload` checks them, at a fraction of its cost per file. Errors name the file (`names[i]`)."""
-    identity = _identity(weights_sha256)
     headers, payloads = [], []
     names = list(names) if names is not None else [f"file {i}" for i in range(len(files))]
     for where, data in zip(names, files):
@@ -260,15 +262,9 @@ def read_tiles(files, *, tables: rangecoder.IntegerTables, weights_sha256: str, 
                                         and (header.height > tile[0] or header.width > tile[1])):
             raise KaecError(f"{where}: holds {header.grid[1]}x{header.grid[2]} tiles of {header.grid[0]} planes "
                             f"for a {header.width}x{header.height} image; expected one tile")
-        if header.model_id is not None and header.model_id != weights_sha256[:16].lower():
-            raise KaecError(f"{where}: encoded with another model (id {header.model_id}) than the one given "
-                            f"(id {weights_sha256[:16]})")
-        body = data[:-CHECK_BYTES]
-        if len(body) < header.size or _check(identity, body) != data[-CHECK_BYTES:]:
-            raise KaecError(f"{where}: checksum mismatch: the file is damaged, truncated or was made with "
-                            "another model")
+        check_sum(data, header, weights_sha256, where)
         headers.append(_sized_compact(header.codec_id, int(tile[0]), int(tile[1])) if header.compact else header)
-        payloads.append(body[header.size:])
+        payloads.append(data[header.size:-CHECK_BYTES])
     return headers, rangecoder.decode_each(payloads, tables, names)
 
 

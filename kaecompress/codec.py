@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from kaecompress.containers import MAX_PIXELS, Encoded, check_pixels
+from kaecompress.containers import MAX_PIXELS, Encoded, check_layout, check_pixels, check_tiles
 from kaecompress.errors import KaecError
 
 if TYPE_CHECKING:  # zoo imports torch; opening (and refusing) an image does not need it
@@ -59,6 +59,19 @@ def working_mode(im) -> str:
     if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
         return "L"
     return "RGB"
+
+
+def _bands_8bit(im, mode: str) -> np.ndarray | None:
+    """(bands, H, W) uint8 of the image in `mode`: what `_as_array` gives, before its scaling to [0, 1]; None
+    for the 16-bit and float modes, which `_as_array` scales by their own range."""
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        return None
+    if mode == "1":
+        im = im.convert("L")
+    elif im.mode != mode:
+        im = im.convert(mode)
+    arr = np.asarray(im)
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
 def _as_array(im, mode: str) -> np.ndarray:
@@ -148,15 +161,21 @@ def export_cache(loaded: LoadedModel, data_root=None, formats: tuple[str, ...] =
 
 
 DEVICES = ("cpu", "cuda", "auto")
+BACKENDS = ("torch", "onnx")
+
+
+def check_backend(backend: str, device: str) -> None:
+    """The option values, checked before torch or a model is loaded."""
+    if backend not in BACKENDS:
+        raise KaecError(f"--backend: expected torch or onnx, got {backend!r}")
+    if device not in DEVICES:
+        raise KaecError(f"--device: expected {', '.join(DEVICES)}, got {device!r}")
 
 
 def make_backend(loaded: LoadedModel, backend: str = "torch", data_root=None, device: str = "cpu"):
     """The networks of `loaded` in `backend` on `device`. Where they run changes no latent a file holds (the
     entropy coding is integer work on the CPU); decoded pixels may differ by one level across devices."""
-    if backend not in ("torch", "onnx"):
-        raise KaecError(f"--backend: expected torch or onnx, got {backend!r}")
-    if device not in DEVICES:
-        raise KaecError(f"--device: expected {', '.join(DEVICES)}, got {device!r}")
+    check_backend(backend, device)
     import torch
 
     if device == "auto":
@@ -197,6 +216,61 @@ def domain_of(loaded: LoadedModel) -> str:
     return DOMAINS.get(dataset, f"images like those of {dataset.removeprefix('folder:')}")
 
 
+@dataclass(frozen=True)
+class Layout:
+    """What reading a file needs to know of its model: from a loaded model, or from a shipped model's card
+    before torch is loaded (so a bad file is refused without it)."""
+
+    name: str
+    weights_sha256: str
+    codec_id: int | None
+    channels: int
+    tile: tuple[int, int]  # height, width
+    latent_dim: int
+    rate_model: bool       # has a probability model: reads .kae version 2
+
+    @classmethod
+    def of_card(cls, name: str, card: dict) -> Layout:
+        model, codec = card["config"]["model"], card["config"].get("codec") or {}
+        channels, height, width = (int(v) for v in model.get("shape", (1, 28, 28)))
+        return cls(name, card["weights_sha256"], card.get("codec_id"), channels, (height, width),
+                   int(model["latent_dim"]), codec.get("prior") == "factorized")
+
+    def check_model(self, enc: Encoded, where: str) -> None:
+        """A version-1 .kae or .npz must name this model (or none)."""
+        ours = self.weights_sha256
+        if enc.weights_sha256 and not ours.startswith(enc.weights_sha256):
+            from kaecompress.zoo import find_by_hash
+
+            match = find_by_hash(enc.weights_sha256)
+            hint = (f"; it matches the trained model {match} (--model {match})" if match
+                    else "; pass --model with the run folder or checkpoint that encoded it")
+            raise KaecError(f"{where}: encoded with another model (id {enc.weights_sha256[:16]}) than "
+                            f"{self.name} (id {ours[:16]}){hint}")
+
+    def kae_header(self, data: bytes, where: str, max_pixels: int = MAX_PIXELS, checksum: bool = False):
+        """A version-2 file's header as read and, with the sizes filled in, as decoded, once it is shown to
+        be this model's, one image (mode, planes, grid, size and fit agreeing) and within the pixel limit;
+        with `checksum`, the file's CRC is checked too (reading the payload checks it anyway)."""
+        from kaecompress import bitstream
+        from kaecompress.zoo import by_codec_id
+
+        header = bitstream.parse_header(data, where)
+        if not self.rate_model or (header.codec_id is not None and header.codec_id != self.codec_id):
+            made_by = by_codec_id(header.codec_id) if header.codec_id is not None else None
+            raise KaecError(f"{where}: encoded with {made_by or 'another model'}"
+                            f"{f' (codec id {header.codec_id})' if header.codec_id is not None else ''}, not with "
+                            f"{self.name}" + (f"; use --model {made_by}" if made_by else ""))
+        full = header.with_tile(self.tile)
+        check_layout(where, mode=full.mode, fit=full.fit, width=full.width, height=full.height, grid=full.grid,
+                     patch=self.tile, channels=self.channels)
+        check_pixels(full.width, full.height, where, max_pixels)
+        check_tiles(full.grid, self.tile, where, max_pixels)
+        if checksum:
+            bitstream.check_sum(data, header, self.weights_sha256, where)
+        return header, full
+
+
 class Codec:
     """compress: Pillow images -> Encoded latents; decompress: Encoded -> Pillow images.
     Tiles of many images go through the network together, `batch_size` at a time."""
@@ -213,6 +287,8 @@ class Codec:
         prior = getattr(loaded.model, "prior", None)
         self.tables = prior.tables() if prior is not None else None  # a codec model's integer tables
         self.context = prior.context() if prior is not None else None  # and its context model, if fitted
+        self.layout = Layout(loaded.name, loaded.weights_sha256, loaded.card.get("codec_id"), self.channels,
+                             (self.height, self.width), self.latent_dim, self.tables is not None)
 
     @property
     def rate_model(self) -> bool:
@@ -222,8 +298,6 @@ class Codec:
     # -- compress --
     def _planes(self, im, fit: str) -> tuple[np.ndarray, str]:
         """(planes, model channels, H, W) float32 and the mode decoding restores."""
-        if self.channels not in (1, 3):
-            raise KaecError(f"{self.loaded.name}: images need a 1- or 3-channel model")
         mode = "RGB" if self.channels == 3 else working_mode(im)
         arr = _as_array(im, mode)
         if fit == "resize":
@@ -244,9 +318,26 @@ class Codec:
 
     def compress_many(self, images: Sequence, fit: str = "tile", check_domain: bool = False) -> list[Encoded]:
         """With `check_domain`, a sample of the tiles is decoded again and `self.domain_checks` holds, per
-        image, a DomainCheck (None for an image left out of the sample or a model without a card figure)."""
+        image, a DomainCheck (None for an image left out of the sample or a model without a card figure).
+        Small images go through the network together; an image of more than STRIP_TILES tiles' pixels is
+        encoded alone, a strip at a time, so it costs about its own 8-bit size (containers.PEAK_MB)."""
         if fit not in ("tile", "resize"):
             raise KaecError(f"--fit: expected tile or resize, got {fit!r}")
+        if images and self.channels not in (1, 3):
+            raise KaecError(f"{self.loaded.name}: images need a 1- or 3-channel model")
+        large = {i for i, im in enumerate(images) if im.width * im.height > STRIP_TILES * self.height * self.width}
+        small = [i for i in range(len(images)) if i not in large]
+        out, checks = [None] * len(images), [None] * len(images)
+        if small:
+            encoded, small_checks = self._compress_together([images[i] for i in small], fit, check_domain)
+            for i, enc, check in zip(small, encoded, small_checks or [None] * len(small)):
+                out[i], checks[i] = enc, check
+        for i in sorted(large):
+            out[i], checks[i] = self._compress_in_strips(images[i], fit, check_domain)
+        self.domain_checks = checks if check_domain else []
+        return out
+
+    def _compress_together(self, images: Sequence, fit: str, check_domain: bool) -> tuple[list[Encoded], list]:
         tiles, grids, info = [], [], []
         for im in images:
             planes, mode = self._planes(im, fit)
@@ -258,14 +349,71 @@ class Codec:
         latents = self._run(self.backend.encode, all_tiles)
         if self.rate_model:  # a codec model stores, and decodes, integers
             latents = self._integers(latents, all_tiles)
-        self.domain_checks = self._check_domain(all_tiles, latents, [len(t) for t in tiles]) if check_domain else []
+        checks = self._check_domain(all_tiles, latents, [len(t) for t in tiles]) if check_domain else []
         out, start = [], 0
         for (width, height, mode), grid in zip(info, grids):
             count = int(np.prod(grid))
             z = latents[start:start + count].reshape(*grid, self.latent_dim).astype(np.float32)
             start += count
             out.append(Encoded(z, width, height, mode, fit, self.loaded.name, self.loaded.weights_sha256))
-        return out
+        return out, checks
+
+    def _compress_in_strips(self, im, fit: str, check_domain: bool) -> tuple[Encoded, DomainCheck | None]:
+        """One large image: the same latents as `_compress_together` gives it, built STRIP_TILES tiles at a
+        time from its 8-bit pixels; the domain check samples the same highest-contrast tiles."""
+        mode = "RGB" if self.channels == 3 else working_mode(im)
+        source = _bands_8bit(im, mode)
+        if source is None:  # 16-bit and float images: scaled as a whole (one band)
+            source = _as_array(im, mode)
+        c, h, w, dim = self.channels, self.height, self.width, self.latent_dim
+        planes = [slice(0, 3)] if c == 3 else [slice(b, b + 1) for b in range(len(source))]
+
+        def floats(bands: slice, rows: slice, cols: slice) -> np.ndarray:
+            x = source[bands, rows, cols]
+            if x.dtype != np.uint8:
+                return x.astype(np.float32)
+            x = x.astype(np.float32)
+            x /= 255.0  # in place: one float copy of a whole band (resize), not two
+            return x
+
+        if fit == "resize":
+            bands = [_resize(floats(slice(b, b + 1), slice(None), slice(None))[0], w, h) for b in range(len(source))]
+            tiles = np.ascontiguousarray(np.stack(bands)[None] if c == 3 else np.stack(bands)[:, None])
+            grid = (len(tiles), 1, 1)
+            latents = self._run(self.backend.encode, tiles)
+            latents = self._integers(latents, tiles) if self.rate_model else latents
+            check = self._check_domain(tiles, latents, [len(tiles)])[0] if check_domain else None
+            z = latents.reshape(*grid, dim).astype(np.float32)
+            return Encoded(z, im.width, im.height, mode, fit, self.loaded.name, self.loaded.weights_sha256), check
+        ty, tx = math.ceil(im.height / h), math.ceil(im.width / w)
+        z = np.empty((len(planes), ty, tx, dim), np.float32)
+        rows_per, cols_per = max(1, STRIP_TILES // tx), min(tx, STRIP_TILES)
+        sample = None  # the image's highest-contrast tiles so far: (contrast, index, tiles, latents)
+        for p, bands in enumerate(planes):
+            for r in range(0, ty, rows_per):
+                nr = min(rows_per, ty - r)
+                for q in range(0, tx, cols_per):
+                    nc = min(cols_per, tx - q)
+                    block = floats(bands, slice(r * h, (r + nr) * h), slice(q * w, (q + nc) * w))
+                    block = np.pad(block, ((0, 0), (0, nr * h - block.shape[1]), (0, nc * w - block.shape[2])),
+                                   mode="edge")  # as the whole image is padded: its last row and column repeated
+                    tiles = np.ascontiguousarray(block.reshape(c, nr, h, nc, w).transpose(1, 3, 0, 2, 4)
+                                                 .reshape(nr * nc, c, h, w))
+                    latents = self._run(self.backend.encode, tiles)
+                    latents = self._integers(latents, tiles) if self.rate_model else latents
+                    z[p, r:r + nr, q:q + nc] = latents.reshape(nr, nc, dim)
+                    if check_domain:
+                        index = (p * ty * tx + (r + np.arange(nr))[:, None] * tx + q + np.arange(nc)[None]).reshape(-1)
+                        found = (tiles.reshape(len(tiles), -1).var(1), index, tiles, latents)
+                        if sample is not None:
+                            found = tuple(np.concatenate([a, b]) for a, b in zip(sample, found))
+                        keep = np.lexsort((found[1], -found[0]))[:SAMPLE_TILES]
+                        sample = tuple(a[np.sort(keep)] for a in found)
+        check = None
+        if check_domain:  # sorted by index: `_check_domain` picks these same tiles among them
+            order = np.argsort(sample[1])
+            check = self._check_domain(sample[2][order], sample[3][order], [len(order)])[0]
+        return Encoded(z, im.width, im.height, mode, fit, self.loaded.name, self.loaded.weights_sha256), check
 
     def _integers(self, latents: np.ndarray, tiles: np.ndarray) -> np.ndarray:
         if not self.rdo_sweeps:
@@ -350,7 +498,7 @@ class Codec:
         latents of all their tiles at once (far cheaper than file by file)."""
         from kaecompress import bitstream
 
-        headers = [self._header(data, where, max_pixels) for data, where in zip(files, names)]
+        headers = [self.layout.kae_header(data, where, max_pixels) for data, where in zip(files, names)]
         symbols = [None] * len(files)
         compact = [i for i, (header, _) in enumerate(headers) if header.compact]  # one tile each
         if compact:  # the batch API, as read_payload checks each
@@ -380,66 +528,103 @@ class Codec:
         starts = np.cumsum([0] + [a.size // self.latent_dim for a in arrays])
         return [flat[a:b].reshape(x.shape) for x, a, b in zip(arrays, starts[:-1], starts[1:])]
 
-    def _header(self, data: bytes, where: str, max_pixels: int):
-        """A file's header as read and, with the sizes filled in, as decoded, once it is shown to be this
-        model's and within the pixel limit."""
-        from kaecompress import bitstream
-        from kaecompress.zoo import by_codec_id
-
-        header = bitstream.parse_header(data, where)
-        ours = self.loaded.card.get("codec_id")
-        if not self.rate_model or (header.codec_id is not None and header.codec_id != ours):
-            made_by = by_codec_id(header.codec_id) if header.codec_id is not None else None
-            raise KaecError(f"{where}: encoded with {made_by or 'another model'}"
-                            f"{f' (codec id {header.codec_id})' if header.codec_id is not None else ''}, not with "
-                            f"{self.loaded.name}" + (f"; use --model {made_by}" if made_by else ""))
-        full = header.with_tile((self.height, self.width))
-        check_pixels(full.width, full.height, where, max_pixels)
-        return header, full
-
     def check_model(self, enc: Encoded, where: str) -> None:
-        ours = self.loaded.weights_sha256
-        if enc.weights_sha256 and not ours.startswith(enc.weights_sha256):
-            from kaecompress.zoo import find_by_hash
-
-            match = find_by_hash(enc.weights_sha256)
-            hint = (f"; it matches the trained model {match} (--model {match})" if match
-                    else "; pass --model with the run folder or checkpoint that encoded it")
-            raise KaecError(f"{where}: encoded with another model (id {enc.weights_sha256[:16]}) than "
-                            f"{self.loaded.name} (id {ours[:16]}){hint}")
+        self.layout.check_model(enc, where)
 
     def decompress_many(self, encoded: Sequence[Encoded]) -> list:
-        latents = [e.latents.reshape(-1, self.latent_dim) for e in encoded]
-        tiles = self._run(self.backend.decode, np.concatenate(latents).astype(np.float32))
-        images, start = [], 0
-        for enc, z in zip(encoded, latents):
-            images.append(self._assemble(enc, tiles[start:start + len(z)]))
-            start += len(z)
+        """Pillow images from latents. The tiles of small images go through the network together (up to
+        STRIP_TILES at a time); a larger image is decoded a strip at a time straight into 8-bit planes, so
+        it costs about its own 8-bit size rather than several float copies (containers.PEAK_MB)."""
+        for enc in encoded:  # what the pixels become must agree with the mode, whoever made `enc`
+            check_layout("latents", mode=enc.mode, fit=enc.fit, width=enc.width, height=enc.height, grid=enc.grid,
+                         patch=(self.height, self.width), channels=self.channels)
+        images: list = [None] * len(encoded)
+        group: list[int] = []
+        group_tiles = 0
+        for i in range(len(encoded) + 1):
+            tiles = encoded[i].latents.size // self.latent_dim if i < len(encoded) else 0
+            if group and (i == len(encoded) or group_tiles + tiles > STRIP_TILES):
+                self._decode_together(encoded, group, images)
+                group, group_tiles = [], 0
+            if i == len(encoded):
+                break
+            if tiles > STRIP_TILES:
+                images[i] = self._image(encoded[i], self._strip_decoder(encoded[i]))
+            else:
+                group.append(i)
+                group_tiles += tiles
         return images
 
     def decompress(self, enc: Encoded):
         return self.decompress_many([enc])[0]
 
-    def _assemble(self, enc: Encoded, tiles: np.ndarray):
+    def _decode_together(self, encoded: Sequence[Encoded], group: list[int], images: list) -> None:
+        latents = [encoded[i].latents.reshape(-1, self.latent_dim) for i in group]
+        tiles = self._run(self.backend.decode, np.concatenate(latents).astype(np.float32))
+        start = 0
+        for i, z in zip(group, latents):
+            p, ty, tx = encoded[i].grid
+            mine = tiles[start:start + len(z)].reshape(p, ty, tx, *tiles.shape[1:])
+            images[i] = self._image(encoded[i], lambda plane, rows, cols, mine=mine: mine[plane, rows, cols])
+            start += len(z)
+
+    def _strip_decoder(self, enc: Encoded):
+        def tiles_of(plane: int, rows: slice, cols: slice) -> np.ndarray:
+            z = np.ascontiguousarray(enc.latents[plane, rows, cols], dtype=np.float32)
+            out = self._run(self.backend.decode, z.reshape(-1, self.latent_dim))
+            return out.reshape(*z.shape[:2], *out.shape[1:])
+        return tiles_of
+
+    def _image(self, enc: Encoded, tiles_of):
+        """One image from `tiles_of(plane, rows, cols)`, the decoded tiles (rows, cols, channels, H, W) of a
+        block of its grid, fetched STRIP_TILES at most at a time."""
         from PIL import Image
 
         p, ty, tx = enc.grid
-        c = tiles.shape[1]
-        grid = tiles.reshape(p, ty, tx, c, self.height, self.width).transpose(0, 3, 1, 4, 2, 5)
-        planes = grid.reshape(p * c, ty * self.height, tx * self.width)
-        if enc.fit == "tile":
-            planes = planes[:, :enc.height, :enc.width]
-        else:
-            planes = np.stack([_resize(band, enc.width, enc.height) for band in planes])
-        pixels = np.clip(np.rint(planes * 255.0), 0, 255).astype(np.uint8)
-        mode = "L" if enc.mode == "1" else enc.mode
-        bands = [Image.fromarray(band, "L") for band in pixels]
-        im = bands[0] if len(bands) == 1 else Image.merge(mode, bands)
+        c, h, w = self.channels, self.height, self.width
+        pixels = np.empty((enc.height, enc.width, p * c), np.uint8)  # interleaved, as Pillow holds them
+        for plane in range(p):
+            out = pixels[:, :, plane * c:(plane + 1) * c].transpose(2, 0, 1)
+            if enc.fit == "resize":
+                tile = tiles_of(plane, slice(0, 1), slice(0, 1))[0, 0]
+                for j in range(c):  # read back from Pillow a strip at a time: one float copy of the band
+                    band = _resized(tile[j], enc.width, enc.height)
+                    for y in range(0, enc.height, STRIP_ROWS):
+                        strip = band.crop((0, y, enc.width, min(y + STRIP_ROWS, enc.height)))
+                        _to_8bit(np.asarray(strip), out[j, y:y + STRIP_ROWS])
+                    del band
+                continue
+            rows_per, cols_per = max(1, STRIP_TILES // tx), min(tx, STRIP_TILES)
+            for r in range(0, ty, rows_per):
+                for q in range(0, tx, cols_per):
+                    block = tiles_of(plane, slice(r, r + rows_per), slice(q, q + cols_per))
+                    nr, nc = block.shape[:2]
+                    strip = block.transpose(2, 0, 3, 1, 4).reshape(c, nr * h, nc * w)
+                    y0, x0 = r * h, q * w
+                    y1, x1 = min(y0 + nr * h, enc.height), min(x0 + nc * w, enc.width)
+                    _to_8bit(strip[:, :y1 - y0, :x1 - x0], out[:, y0:y1, x0:x1])
+        im = Image.fromarray(pixels[:, :, 0] if p * c == 1 else pixels)  # L, LA, RGB or RGBA by its bands
         return im.convert("1", dither=Image.Dither.NONE) if enc.mode == "1" else im
+
+
+STRIP_TILES = 4096  # tiles decoded at once: about 13 MB of float pixels a channel
+STRIP_ROWS = 256    # rows of a resized float band turned into 8 bits at once
+
+
+def _to_8bit(values: np.ndarray, out: np.ndarray) -> None:
+    with np.errstate(over="ignore", invalid="ignore"):  # a decoder fed extreme latents may give inf or NaN
+        scaled = np.rint(values * 255.0)
+    out[...] = np.clip(np.nan_to_num(scaled, nan=0.0, copy=False), 0, 255)
 
 
 def _resize(band: np.ndarray, width: int, height: int) -> np.ndarray:
     """Bilinear resize of one float plane, without a round trip through 8 bits."""
+    return np.asarray(_resized(band, width, height))
+
+
+def _resized(band: np.ndarray, width: int, height: int):
+    """The same as a Pillow image (mode F)."""
     from PIL import Image
 
-    return np.asarray(Image.fromarray(band.astype(np.float32), "F").resize((width, height), Image.Resampling.BILINEAR))
+    band = Image.fromarray(np.ascontiguousarray(band, np.float32), "F")
+    return band.resize((width, height), Image.Resampling.BILINEAR)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import math
 import struct
+import tokenize
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from kaecompress.errors import KaecError
+from kaecompress.fileio import MiB, read_regular
 from kaecompress.runs import atomic_write_bytes
 
 MAGIC = b"KAEC"
@@ -38,9 +40,20 @@ _HEAD = struct.Struct("<4sBBBB8sIIBHHH")
 _SCALE = struct.Struct("<ff")
 SUFFIXES = (".npy", ".npz", ".kae")
 # The most pixels (width x height) one image may have, encoded or decoded (`--max-pixels`). 40 Mpx holds an
-# 8K frame (33 Mpx) and most camera photos; beyond it the float planes alone pass 600 MB for RGBA. A header
-# asking for more is refused before anything is allocated; the work is at most 4 planes x this many pixels.
+# 8K frame (33 Mpx) and most camera photos. A header asking for more is refused before anything is allocated.
+# Large images are encoded and decoded in strips (kaecompress.codec): at the limit an RGBA image peaks at
+# PEAK_MB, torch and the model included (measured, `kaec_bounded`: decode 1,040 MB for --fit resize, 995-1,286
+# MB for tile fit, the latter with noisy latents; encode 1,266-1,303 MB). The tiles are bounded too: padded
+# to whole tiles an image may cover at most PADDED_FACTOR times the limit (only very thin images come near).
 MAX_PIXELS = 40_000_000
+PEAK_MB = 1300
+PADDED_FACTOR = 2
+PLANES = {"L": 1, "1": 1, "LA": 2, "RGB": 3, "RGBA": 4}  # latent planes of each mode under a 1-channel model
+_F32_MAX = float(np.finfo(np.float32).max)
+# What zipfile and numpy's .npy reader raise on damaged bytes (an unknown compression method, an encrypted
+# member, a header that is not a Python literal, a number too large).
+_UNREADABLE = (ValueError, TypeError, OSError, EOFError, OverflowError, KeyError, NotImplementedError, RuntimeError,
+               SyntaxError, tokenize.TokenError, struct.error, zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error)
 _SMALL_MEMBER = 4096  # the .npz scalars (size, mode, fit, names) are a few hundred bytes
 
 
@@ -72,9 +85,11 @@ def quantize(latents: np.ndarray, quant: str) -> tuple[np.ndarray, float, float]
 
 
 def dequantize(codes: np.ndarray, offset: float, scale: float) -> np.ndarray:
+    """Latents from codes; an overflow gives infinities (no numpy warning), which `check` refuses."""
     if codes.dtype == np.float16:
         return codes.astype(np.float32)
-    return (np.float32(offset) + np.float32(scale) * codes.astype(np.float32)).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return (np.float32(offset) + np.float32(scale) * codes.astype(np.float32)).astype(np.float32)
 
 
 # ---- writing ----------------------------------------------------------------------------------------
@@ -132,12 +147,18 @@ def from_kae(data: bytes, where: str) -> tuple[Encoded, str]:
     magic, version, quant, fit, mode, model_id, width, height, planes, ty, tx, dim = _HEAD.unpack_from(body)
     if version != VERSION or quant >= len(QUANTS) or fit >= len(FITS) or mode >= len(MODES):
         raise KaecError(f"{where}: unsupported .kae version {version} or header values")
+    if dim < 1:
+        raise KaecError(f"{where}: latent size {dim}; expected at least 1")
+    check_layout(where, mode=MODES[mode], fit=FITS[fit], width=width, height=height, grid=(planes, ty, tx))
     offset, scale, pos = 0.0, 1.0, _HEAD.size
     if QUANTS[quant] == "uint8":
         if len(body) < pos + _SCALE.size:
             raise KaecError(f"{where}: truncated .kae file")
         offset, scale = _SCALE.unpack_from(body, pos)
         pos += _SCALE.size
+        if not (math.isfinite(offset) and math.isfinite(scale) and abs(offset) + 255 * abs(scale) <= _F32_MAX):
+            raise KaecError(f"{where}: latent offset {offset:g} and scale {scale:g} do not give finite float32 "
+                            "latents")
     dtype = np.uint8 if QUANTS[quant] == "uint8" else np.float16
     count = planes * ty * tx * dim
     if len(body) - pos != count * np.dtype(dtype).itemsize:
@@ -149,12 +170,14 @@ def from_kae(data: bytes, where: str) -> tuple[Encoded, str]:
 
 
 def read(path: Path, latent_dim: int, patch: tuple[int, int], channels: int = 1,
-         check_model: Callable[[Encoded, str], None] | None = None, max_pixels: int = MAX_PIXELS) -> Encoded:
-    """Any of .npy / .npz / .kae, checked against the decoding model (latent size, tile size, channels).
-    A .npy carries no size: it decodes to its whole tile grid. `check_model` sees the file first, so a file
-    from another model is reported as such rather than as mismatched latent sizes. Sizes claimed by headers
-    are checked against `max_pixels` before any array is allocated."""
-    enc = _read(path, latent_dim, patch, channels, max_pixels)
+         check_model: Callable[[Encoded, str], None] | None = None, max_pixels: int = MAX_PIXELS,
+         data: bytes | None = None) -> Encoded:
+    """Any of .npy / .npz / .kae (its bytes `data` if already read), checked against the decoding model
+    (latent size, tile size, channels). A .npy carries no size: it decodes to its whole tile grid.
+    `check_model` sees the file first, so a file from another model is reported as such rather than as
+    mismatched latent sizes. Sizes claimed by headers are checked against `max_pixels` before any array is
+    allocated."""
+    enc = _read(path, latent_dim, patch, channels, max_pixels, data)
     if check_model:
         check_model(enc, str(path))
     check(enc, str(path), latent_dim, patch, channels, max_pixels)
@@ -167,31 +190,75 @@ def check_pixels(width: int, height: int, where: str, max_pixels: int = MAX_PIXE
                         f"{max_pixels:,}-pixel limit (--max-pixels)")
 
 
+def check_tiles(grid: tuple[int, int, int], patch: tuple[int, int], where: str, max_pixels: int = MAX_PIXELS) -> None:
+    """The tiles of one plane may cover at most PADDED_FACTOR x `max_pixels`: the work and memory of a
+    thin image (40,000,000 x 1 is 1.4 million tiles of 28x28) grow with its tiles, not its pixels."""
+    _, ty, tx = grid
+    padded = ty * patch[0] * tx * patch[1]
+    if padded > PADDED_FACTOR * max_pixels:
+        raise KaecError(f"{where}: {ty}x{tx} tiles of {patch[1]}x{patch[0]} cover {padded:,} pixels, over "
+                        f"{PADDED_FACTOR} x the {max_pixels:,}-pixel limit (--max-pixels)")
+
+
+def check_layout(where: str, *, mode: str, fit: str, width: int, height: int, grid: tuple[int, int, int],
+                 patch: tuple[int, int] | None = None, channels: int | None = None) -> None:
+    """Mode, planes, tile grid, size and fit must describe one image, checked for every header form before
+    anything is decoded. Without `channels` (the model not known yet) a 1- or 3-channel model may have made
+    it; without `patch` (its tile height, width) only the grid's bounds are checked."""
+    planes, ty, tx = grid
+    if mode not in MODES or fit not in FITS:
+        raise KaecError(f"{where}: unknown mode {mode!r} or fit {fit!r}")
+    if width < 1 or height < 1:
+        raise KaecError(f"{where}: image size {width}x{height}; expected at least 1x1")
+    if channels == 3:
+        fits = planes == 1 and mode == "RGB"
+    elif channels is not None:
+        fits = planes == PLANES[mode]
+    else:
+        fits = planes == PLANES[mode] or (planes == 1 and mode == "RGB")
+    if not fits:
+        model = f" with a {channels}-channel model" if channels is not None else ""
+        raise KaecError(f"{where}: {planes} latent planes do not fit mode {mode}{model}")
+    if patch is None:
+        if (ty, tx) != (1, 1) if fit == "resize" else not (1 <= ty <= height and 1 <= tx <= width):
+            raise KaecError(f"{where}: tile grid {ty}x{tx} does not fit a {width}x{height} image ({fit})")
+        return
+    need = (1, 1) if fit == "resize" else (-(-height // patch[0]), -(-width // patch[1]))
+    if (ty, tx) != need:
+        raise KaecError(f"{where}: a {width}x{height} image ({fit}) needs {need[0]}x{need[1]} tiles "
+                        f"of {patch[1]}x{patch[0]}, the file has {ty}x{tx}")
+
+
 def check(enc: Encoded, where: str, latent_dim: int, patch: tuple[int, int], channels: int,
           max_pixels: int = MAX_PIXELS) -> None:
     """The header and the latents must describe one image the model can rebuild."""
     _check_latents(enc.latents, where, latent_dim)
-    if enc.mode not in MODES or enc.fit not in FITS:
+    if not isinstance(enc.mode, str) or not isinstance(enc.fit, str):
         raise KaecError(f"{where}: unknown mode {enc.mode!r} or fit {enc.fit!r}")
-    if enc.width < 1 or enc.height < 1:
-        raise KaecError(f"{where}: image size {enc.width}x{enc.height}; expected at least 1x1")
+    check_layout(where, mode=enc.mode, fit=enc.fit, width=enc.width, height=enc.height, grid=enc.grid, patch=patch,
+                 channels=channels)
     check_pixels(enc.width, enc.height, where, max_pixels)
-    planes, ty, tx, _ = enc.latents.shape
-    expected_planes = 1 if channels == 3 else {"1": 1, "L": 1, "LA": 2, "RGB": 3, "RGBA": 4}[enc.mode]
-    if planes != expected_planes or (channels == 3 and enc.mode != "RGB"):
-        raise KaecError(f"{where}: {planes} latent planes do not fit mode {enc.mode} with a {channels}-channel model")
-    grid = (1, 1) if enc.fit == "resize" else (-(-enc.height // patch[0]), -(-enc.width // patch[1]))
-    if (ty, tx) != grid:
-        raise KaecError(f"{where}: a {enc.width}x{enc.height} image ({enc.fit}) needs {grid[0]}x{grid[1]} tiles "
-                        f"of {patch[1]}x{patch[0]}, the file has {ty}x{tx}")
+    check_tiles(enc.grid, patch, where, max_pixels)
 
 
-def _read(path: Path, latent_dim: int, patch: tuple[int, int], channels: int, max_pixels: int) -> Encoded:
+def max_file_bytes(max_pixels: int = MAX_PIXELS) -> int:
+    """The largest input file read: 4 planes of one float32 a pixel, far more than any tiling's latents."""
+    return 16 * max_pixels + MiB
+
+
+def read_input(path: Path, max_pixels: int = MAX_PIXELS) -> bytes:
+    """The bytes of a .kae, .npz or .npy file: a regular file, at most `max_file_bytes`."""
     suffix = path.suffix.lower()
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise KaecError(f"{path}: cannot read ({e.strerror or e})") from None
+    if suffix not in SUFFIXES:
+        raise KaecError(f"{path}: unknown input type (expected {', '.join(SUFFIXES)})")
+    return read_regular(path, max_file_bytes(max_pixels), f"a {suffix} file")
+
+
+def _read(path: Path, latent_dim: int, patch: tuple[int, int], channels: int, max_pixels: int,
+          data: bytes | None = None) -> Encoded:
+    suffix = path.suffix.lower()
+    if data is None:
+        data = read_input(path, max_pixels)
     if suffix == ".kae":
         return from_kae(data, str(path))[0]
     if suffix not in (".npy", ".npz"):
@@ -203,8 +270,13 @@ def _read(path: Path, latent_dim: int, patch: tuple[int, int], channels: int, ma
             buf = io.BytesIO(data)
             return _from_array(_read_npy(buf, len(data), max_values, str(path)), path, latent_dim, patch, channels)
         return _read_npz(data, path, latent_dim, patch, max_pixels)
-    except (ValueError, TypeError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-        raise KaecError(f"{path}: not a readable {suffix} file ({e})") from None
+    except _UNREADABLE as e:
+        raise _unreadable(path, e) from None
+
+
+def _unreadable(path: Path, e: Exception) -> KaecError:
+    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return KaecError(f"{path}: not a readable {path.suffix.lower()} file ({first})")
 
 
 def _npy_header(f, size: int, max_values: int, where: str) -> tuple:
@@ -263,79 +335,68 @@ def _read_npz(data: bytes, path: Path, latent_dim: int, patch: tuple[int, int], 
         small = {k: member(k, _SMALL_MEMBER // 8) for k in _NPZ_KEYS[1:]}
         width, height = int(small["width"]), int(small["height"])
         check_pixels(width, height, str(path), max_pixels)
-        tiles = 1 if str(small["fit"]) == "resize" else -(-height // patch[0]) * -(-width // patch[1])
+        grid = (1, 1, 1) if str(small["fit"]) == "resize" else (1, -(-height // patch[0]), -(-width // patch[1]))
+        check_tiles(grid, patch, str(path), max_pixels)
+        tiles = grid[1] * grid[2]
         latents = member("latents", 4 * max(tiles, 1) * latent_dim)
     return Encoded(latents, width, height, str(small["mode"]), str(small["fit"]), str(small["model"]),
                    str(small["weights_sha256"]))
 
 
-def check_claimed_size(path: Path, max_pixels: int = MAX_PIXELS) -> None:
-    """Refuse a version-1 .kae or an .npz whose header claims more than `max_pixels` (or an .npz whose
-    latents claim far more than such an image needs), or a .npy whose header claims more than the file
-    holds, before any model or torch is loaded. Other files, and damage, are left to `read`, which gives
-    the precise error."""
-    suffix = path.suffix.lower()
-    unreadable = (OSError, KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile, zlib.error)
+def precheck(path: Path, data: bytes, max_pixels: int = MAX_PIXELS) -> None:
+    """What can be checked of an input file's bytes before its model is known, so before torch is loaded:
+    a .kae's header (version 1: the whole file, its CRC included), an .npz's members, a .npy's header, and
+    the size each claims against `max_pixels` (an .npz's latents too: at most 4 planes of one float32 a
+    pixel, far more than any tiling holds; `read` applies the model's exact bound)."""
+    where, suffix = str(path), path.suffix.lower()
     if suffix == ".kae":
-        try:
-            with open(path, "rb") as f:
-                head = f.read(_HEAD.size)
-        except OSError:
+        if data and data[0] & 0x80:  # version 2 (kaecompress.bitstream, which imports this module)
+            from kaecompress import bitstream
+
+            header = bitstream.parse_header(data, where)
+            if not header.compact:
+                check_pixels(header.width, header.height, where, max_pixels)
             return
-        if len(head) == _HEAD.size and head[:4] == MAGIC and head[4] == VERSION:
-            check_pixels(*_HEAD.unpack(head)[6:8], str(path), max_pixels)
-        return
-    if suffix == ".npy":  # no size inside: the array may not claim more than the file or 4 values a pixel
-        try:
-            with open(path, "rb") as f:
-                _npy_header(f, path.stat().st_size, 4 * max_pixels, str(path))
-        except unreadable:
-            return
-        return
-    if suffix != ".npz":
+        enc = from_kae(data, where)[0]
+        check_pixels(enc.width, enc.height, where, max_pixels)
         return
     try:
-        zf = zipfile.ZipFile(path)
-    except unreadable:
-        return
-    with zf:
-        _check_npz_keys(zf, path)
-        try:
+        if suffix == ".npy":
+            _npy_header(io.BytesIO(data), len(data), 4 * max_pixels, where)
+            return
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            _check_npz_keys(zf, path)
             size = []
             for key in ("width", "height"):
                 info = zf.getinfo(f"{key}.npy")
                 if info.file_size > _SMALL_MEMBER:
-                    return
+                    raise KaecError(f"{path}: member {key} inflates to {info.file_size:,} bytes; expected at most "
+                                    f"{_SMALL_MEMBER:,}")
                 with zf.open(info) as f:
-                    size.append(int(_read_npy(f, info.file_size, 1, str(path))))
+                    size.append(int(_read_npy(f, info.file_size, 1, f"{path}: member {key}")))
+            width, height = size
+            check_pixels(width, height, where, max_pixels)
+            limit = 4 * max(width * height, 2 ** 16)
             latents = zf.getinfo("latents.npy")
-        except (KaecError, *unreadable):
-            return
-        width, height = size
-        check_pixels(width, height, str(path), max_pixels)
-        # The model is not known yet: allow 4 planes of one float32 per pixel (far more than any tiling
-        # holds), and at least 2^16 values; `read` applies the exact bound.
-        limit = 4 * max(width * height, 2 ** 16)
-        if latents.file_size > 1024 + 4 * limit:
-            raise KaecError(f"{path}: member latents inflates to {latents.file_size:,} bytes; a {width}x{height} "
-                            f"image needs at most {1024 + 4 * limit:,}")
-        try:
+            if latents.file_size > 1024 + 4 * limit:
+                raise KaecError(f"{path}: member latents inflates to {latents.file_size:,} bytes; a "
+                                f"{width}x{height} image needs at most {1024 + 4 * limit:,}")
             with zf.open(latents) as f:
                 _npy_header(f, latents.file_size, limit, f"{path}: member latents")
-        except unreadable:
-            return
+    except _UNREADABLE as e:
+        raise _unreadable(path, e) from None
 
 
-def npz_weights_id(path: Path) -> str | None:
-    """The model id an .npz file records, read without inflating anything else; None if unreadable."""
+def npz_weights_id(data: bytes, where: str = ".npz file") -> str | None:
+    """The model id an .npz file's bytes record, read without inflating anything else; None if unreadable."""
     try:
-        with zipfile.ZipFile(path) as zf:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
             info = zf.getinfo("weights_sha256.npy")
             if info.file_size > _SMALL_MEMBER:
                 return None
             with zf.open(info) as f:
-                return str(_read_npy(f, info.file_size, _SMALL_MEMBER // 4, str(path)))
-    except (KaecError, OSError, KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile, zlib.error):
+                return str(_read_npy(f, info.file_size, _SMALL_MEMBER // 4, where))
+    except (KaecError, *_UNREADABLE):
         return None  # reading it properly later gives the precise error
 
 

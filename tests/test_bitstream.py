@@ -343,11 +343,11 @@ def _library_decode(path: Path):
     data = path.read_bytes()
     header, symbols = _read(data, _golden_tables())
     header = header.with_tile(TILE)
-    tiles = OnnxBackend(GOLDEN / "export").decode(symbols.reshape(-1, 16).astype(np.float32))
-    assembler = object.__new__(Codec)  # only its tile size is needed to put tiles together
-    assembler.height, assembler.width = TILE
-    return assembler._assemble(Encoded(symbols.astype(np.float32), header.width, header.height, header.mode,
-                                       header.fit), tiles)
+    assembler = object.__new__(Codec)  # only the decoder and the tile size are needed to put tiles together
+    assembler.backend, assembler.batch_size = OnnxBackend(GOLDEN / "export"), 256
+    assembler.channels, (assembler.height, assembler.width), assembler.latent_dim = 1, TILE, 16
+    return assembler.decompress(Encoded(symbols.astype(np.float32), header.width, header.height, header.mode,
+                                        header.fit))
 
 
 def _pixels(image) -> np.ndarray:
