@@ -35,6 +35,7 @@ from typing import Any
 from kaecompress.activations import check_activation
 from kaecompress.data import check_dataset_name
 from kaecompress.errors import KaecError
+from kaecompress.fileio import MAX_DEPTH, check_depth, read_text, too_deep
 
 MAX_RUNS = 10_000            # runs one experiment file may expand to (the study's grid has 256)
 MAX_YAML_NODES = 20_000      # nodes a file may hold once its aliases are expanded (ours hold < 200)
@@ -225,6 +226,12 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     raise TypeError(hint)  # pragma: no cover - a schema bug, not a user mistake
 
 
+def shown_key(key: Any) -> str:
+    """A key of the user's file as an error message shows it: plain names as they are, anything else (a
+    newline, a number) as its Python repr, so that a message stays one line."""
+    return key if isinstance(key, str) and re.fullmatch(r"[\w.+-]+", key) else repr(key)
+
+
 @functools.lru_cache(maxsize=None)
 def _hints(cls) -> dict:
     return typing.get_type_hints(cls)  # slow (it evaluates annotations); a 10,000-run grid asks 30,000 times
@@ -237,7 +244,7 @@ def _build(cls, mapping: Any, where: str):
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in mapping if k not in names]
     if unknown:
-        raise KaecError(f"{where}.{unknown[0]}: unknown key (expected one of: {', '.join(names)})")
+        raise KaecError(f"{where}.{shown_key(unknown[0])}: unknown key (expected one of: {', '.join(names)})")
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name in mapping:
@@ -276,7 +283,7 @@ def check_finite(obj: Any, where: str) -> None:
         raise KaecError(f"{where}: expected a finite number, got {obj}")
     if isinstance(obj, dict):
         for k, v in obj.items():
-            check_finite(v, f"{where}.{k}" if not where.endswith(": ") else f"{where}{k}")
+            check_finite(v, f"{where}.{shown_key(k)}" if not where.endswith(": ") else f"{where}{shown_key(k)}")
     elif isinstance(obj, (list, tuple)):
         for i, v in enumerate(obj):
             check_finite(v, f"{where}[{i}]")
@@ -285,7 +292,7 @@ def check_finite(obj: Any, where: str) -> None:
 _PART = re.compile(r"[\w.+\-:,=()\[\]]+")
 
 
-def check_folder_name(name: Any, where: str) -> str:
+def check_folder_name(name: Any, where: str, hint: str = "") -> str:
     """A relative path of plain folder names: never absolute, never `.` or `..`, so that every run folder
     stays inside the runs folder whatever the config says."""
     if not isinstance(name, str) or not name:
@@ -295,39 +302,49 @@ def check_folder_name(name: Any, where: str) -> str:
         if part in ("", ".", "..") or not _PART.fullmatch(part):
             raise KaecError(f"{where}: expected folder names of letters, digits, '_', '-', '.' separated by '/' "
                             f"(no empty, '.' or '..' part, not absolute), got {name!r}")
+    check_name_lengths(name, where, hint)
     return name
+
+
+MAX_NAME_BYTES = 255           # one folder name: the limit of ext4, XFS, btrfs, APFS and NTFS
+MAX_RUN_FOLDER_BYTES = 1024    # a run's whole relative folder, leaving room for the runs folder in PATH_MAX
+
+
+def check_name_lengths(name: str, where: str, hint: str = "") -> None:
+    """Refuse, at validation, a run folder the file system would refuse only when training creates it."""
+    for part in name.split("/"):
+        size = len(part.encode("utf-8"))
+        if size > MAX_NAME_BYTES:
+            raise KaecError(f"{where}: folder name {part[:40]!r}... is {size:,} bytes; a file system allows at most "
+                            f"{MAX_NAME_BYTES} per name{hint}")
+    size = len(name.encode("utf-8"))
+    if size > MAX_RUN_FOLDER_BYTES:
+        raise KaecError(f"{where}: the run folder {name[:40]!r}... is {size:,} bytes; at most {MAX_RUN_FOLDER_BYTES:,} "
+                        f"in all{hint}")
 
 
 def build_run(raw: dict, source: str, *, trial: int = 0, matrix: dict | None = None,
               matrix_id: str = "1", matrix_slug: str = "run", folder: str = "") -> RunConfig:
     """Validate one run's resolved mapping (matrix values already substituted)."""
     top = {"experiment_name", "data", "model", "train"}
-    unknown = sorted(set(raw) - top - {"codec"})
+    unknown = sorted(map(str, set(raw) - top - {"codec"}))  # YAML keys may be numbers too
     if unknown:
-        raise KaecError(f"{source}: unknown key '{unknown[0]}' (expected one of: experiment_name, matrix, "
+        raise KaecError(f"{source}: unknown key {unknown[0]!r} (expected one of: experiment_name, matrix, "
                         "exclude, data, model, train, codec)")
     for key in sorted(top):
         if key not in raw:
             raise KaecError(f"{source}: missing required key '{key}'")
-    name = check_folder_name(raw["experiment_name"], f"{source}: experiment_name")
+    slug_hint = " (shorten it, or the matrix keys and values that ${matrix_slug} holds)" if folder else ""
+    name = check_folder_name(raw["experiment_name"], f"{source}: experiment_name", slug_hint)
     check_finite(raw, f"{source}: ")
     data = _build(DataConfig, raw["data"], f"{source}: data")
-    model = _build(ModelConfig, raw["model"], f"{source}: model")
+    model = model_config(raw["model"], f"{source}: model")
     train = _build(TrainConfig, raw["train"], f"{source}: train")
     codec = _build_codec(raw.get("codec"), f"{source}: codec")
     check_dataset_name(data.dataset, f"{source}: data.dataset")
-    for key in ("activation", "latent_activation", "output_activation"):
-        model = dataclasses.replace(model, **{key: check_activation(getattr(model, key), f"{source}: model.{key}")})
-    if len(model.shape) != 3:
-        raise KaecError(f"{source}: model.shape: expected [channels, height, width], got {list(model.shape)}")
-    for key in ("latent_dim", "kernel_size"):
-        _positive(getattr(model, key), f"{source}: model.{key}")
     for key in ("batch_size", "lr", "max_inputs", "validation_batch_size", "log_every", "checkpoint_every_s",
                 "threads"):
         _positive(getattr(train, key), f"{source}: train.{key}")
-    for key in ("encoder_kae_order", "decoder_kae_order"):
-        if getattr(model, key) < 0:
-            raise KaecError(f"{source}: model.{key}: expected an order >= 0 (0 means a Linear layer)")
     check_device(train.device, f"{source}: train.device")
     if train.resources.cpu <= 0 or train.resources.gpu < 0 or (train.resources.gpu > 1 and
                                                                 not float(train.resources.gpu).is_integer()):
@@ -335,9 +352,11 @@ def build_run(raw: dict, source: str, *, trial: int = 0, matrix: dict | None = N
                         f"number of GPUs, got cpu {train.resources.cpu}, gpu {train.resources.gpu}")
     check_optimizer(train.optimizer, f"{source}: train.optimizer")
     if folder:
-        check_folder_name(folder, f"{source}: experiment_name")
-    if model.stride < 1:
-        raise KaecError(f"{source}: model.stride: expected an integer >= 1, got {model.stride}")
+        check_folder_name(folder, f"{source}: experiment_name", slug_hint)
+    else:  # EXPERIMENT/SLUG; the slug is made of folder-safe characters, so only its length can be wrong
+        check_name_lengths(matrix_slug, f"{source}: matrix", " (shorten the matrix keys and values: they name "
+                                                             "each run's folder)")
+        check_name_lengths(f"{name}/{matrix_slug}", f"{source}: experiment_name")
     if train.lr_drop_at is not None and not 0 < train.lr_drop_at < 1:
         raise KaecError(f"{source}: train.lr_drop_at: expected a fraction between 0 and 1, got {train.lr_drop_at}")
     if train.lr_schedule not in ("constant", "cosine"):
@@ -347,6 +366,23 @@ def build_run(raw: dict, source: str, *, trial: int = 0, matrix: dict | None = N
                         "set one of lr_drop_at and lr_schedule")
     return RunConfig(name, data, model, train, trial, dict(matrix or {}), matrix_id, matrix_slug, source, folder,
                      codec=codec)
+
+
+def model_config(mapping: Any, where: str) -> ModelConfig:
+    """The `model:` section (of a config, or of a model card's config), every value checked."""
+    model = _build(ModelConfig, mapping, where)
+    for key in ("activation", "latent_activation", "output_activation"):
+        model = dataclasses.replace(model, **{key: check_activation(getattr(model, key), f"{where}.{key}")})
+    if len(model.shape) != 3:
+        raise KaecError(f"{where}.shape: expected [channels, height, width], got {list(model.shape)}")
+    for key in ("latent_dim", "kernel_size"):
+        _positive(getattr(model, key), f"{where}.{key}")
+    for key in ("encoder_kae_order", "decoder_kae_order"):
+        if getattr(model, key) < 0:
+            raise KaecError(f"{where}.{key}: expected an order >= 0 (0 means a Linear layer)")
+    if model.stride < 1:
+        raise KaecError(f"{where}.stride: expected an integer >= 1, got {model.stride}")
+    return model
 
 
 def _build_codec(mapping: Any, where: str) -> CodecConfig | None:
@@ -476,15 +512,7 @@ def _count_values(obj: Any) -> int:
 def load_experiment(path: str | Path) -> Experiment:
     """Read, validate and expand an experiment file."""
     path = Path(path)
-    try:
-        size = path.stat().st_size
-        if size > MAX_CONFIG_BYTES:
-            raise KaecError(f"{path}: {size:,} bytes; an experiment file is at most {MAX_CONFIG_BYTES:,} bytes")
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise KaecError(f"{path}: cannot read config ({e.strerror or e})") from None
-    except UnicodeDecodeError:
-        raise KaecError(f"{path}: not a text file (expected a UTF-8 YAML experiment)") from None
+    text = read_text(path, MAX_CONFIG_BYTES, "an experiment file")  # a FIFO or /dev/zero is refused unread
     raw = read_yaml(text, str(path))
     matrix, runs = expand(raw, str(path), text)
     return Experiment(path, str(raw.get("experiment_name")), matrix, runs)
@@ -495,8 +523,10 @@ def read_yaml(text: str, source: str) -> Any:
     MAX_YAML_NODES nodes (a 'billion laughs' file is refused before anything is built from it)."""
     import yaml
 
-    loader = _unique_key_loader()(text)
+    loader = None
     try:
+        loader = _unique_key_loader()(text)  # it reads the first characters: a NUL is refused here already
+        loader.source = source
         node = loader.get_single_node()
         if node is None:
             return None
@@ -506,13 +536,22 @@ def read_yaml(text: str, source: str) -> Any:
         if nodes > MAX_YAML_NODES:
             raise KaecError(f"{source}: YAML aliases expand to more than {MAX_YAML_NODES:,} values "
                             f"(the limit per experiment file)")
-        return loader.construct_document(node)
+        try:
+            data = loader.construct_document(node)
+        except (ValueError, OverflowError, AttributeError) as e:  # a tag's value it cannot be: `!!timestamp x`
+            raise KaecError(f"{source}: invalid YAML ({str(e).splitlines()[0]})") from None
+        check_depth(data, source)
+        return data
+    except RecursionError:  # PyYAML composes nested nodes recursively: a few hundred levels exhaust the stack
+        raise too_deep(source) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
-        raise KaecError(f"{source}:{line} invalid YAML ({getattr(e, 'problem', None) or e})") from None
+        problem = str(getattr(e, "problem", None) or e).splitlines()[0]
+        raise KaecError(f"{source}:{line} invalid YAML ({problem})") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _expanded_size(root) -> float:
@@ -553,6 +592,19 @@ def _unique_key_loader():
     import yaml
 
     class UniqueKeyLoader(yaml.SafeLoader):
+        source, depth = "", 0
+
+        def compose_node(self, parent, index):
+            # Stopped at the limit, not at the stack's end: the scanner's cost grows with the depth of
+            # open flow collections (`[[[[...`), so 500 levels cost seconds and 100 a fraction of one.
+            self.depth += 1
+            try:
+                if self.depth > MAX_DEPTH + 1:  # the values inside MAX_DEPTH collections are one deeper
+                    raise too_deep(self.source)
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
         def construct_mapping(self, node, deep=False):
             seen = set()
             for key_node, _ in node.value:

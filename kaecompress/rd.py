@@ -24,7 +24,6 @@ import numpy as np
 
 from kaecompress import bdrate
 from kaecompress.errors import KaecError
-from kaecompress.metrics import PSNR_CAP_DB, SSIM_DESCRIPTION, psnr_8bit, ssim
 
 
 @dataclass(frozen=True)
@@ -270,6 +269,8 @@ def score(images: Sequence[np.ndarray], files: Sequence[bytes], decoded: Sequenc
           clock: dict, setting=None, quality: int | None = None) -> Point:
     """Means over images of file size, payload, bits per pixel, PSNR (exact images count as PSNR_CAP_DB;
     inf when all are exact) and SSIM, with encode / decode seconds per image from `clock`."""
+    from kaecompress.metrics import psnr_8bit, ssim  # torch: not needed to read or print results
+
     n = len(images)
     if len({a.shape for a in images}) == 1:
         ref, dec = np.stack(images), np.stack(decoded)
@@ -450,16 +451,22 @@ def compare(result: RDResult) -> None:
 
 # ---- output -----------------------------------------------------------------------------------------
 
-METRICS = {
-    "bytes": "mean size of the whole file a user would store, headers included",
-    "payload_bytes": "mean size of the coded image without container overhead (kaecompress.rd.payload_bytes)",
-    "bpp": "mean bits per pixel of the whole file",
-    "psnr": f"mean of per-image PSNR (dB) on the decoded 8-bit pixels, peak 255; an image decoded exactly counts "
-            f"as {PSNR_CAP_DB:g} dB (as libaom and libvpx report it); null for a lossless point",
-    "ssim": SSIM_DESCRIPTION,
-    "encoding_time": "seconds per image; classical codecs one image at a time, models in batches of 256 tiles",
-    "decoding_time": "seconds per image, as encoding_time",
-}
+def metric_descriptions() -> dict[str, str]:
+    """What each key of a curve's `results` means (written into every `--json` curve)."""
+    from kaecompress.metrics import PSNR_CAP_DB, SSIM_DESCRIPTION
+
+    return {
+        "bytes": "mean size of the whole file a user would store, headers included",
+        "payload_bytes": "mean size of the coded image without container overhead "
+                         "(kaecompress.rd.payload_bytes)",
+        "bpp": "mean bits per pixel of the whole file",
+        "psnr": f"mean of per-image PSNR (dB) on the decoded 8-bit pixels, peak 255; an image decoded exactly "
+                f"counts as {PSNR_CAP_DB:g} dB (as libaom and libvpx report it); null for a lossless point",
+        "ssim": SSIM_DESCRIPTION,
+        "encoding_time": "seconds per image; classical codecs one image at a time, models in batches of 256 "
+                         "tiles",
+        "decoding_time": "seconds per image, as encoding_time",
+    }
 
 
 def to_json(result: RDResult) -> list[dict]:
@@ -483,7 +490,7 @@ def to_json(result: RDResult) -> list[dict]:
             results["model"] = [p.setting for p in c.points]
             results["quality"] = [p.quality for p in c.points]
         obj = {"name": c.name, "description": c.description, "kind": c.kind, "dataset": result.dataset,
-               "images": c.images, "lossless": c.lossless, "settings": c.settings, "metrics": METRICS,
+               "images": c.images, "lossless": c.lossless, "settings": c.settings, "metrics": metric_descriptions(),
                "results": results}
         if c.kind == "model":
             obj["bd_method"] = bdrate.DESCRIPTION[result.method]
@@ -492,33 +499,98 @@ def to_json(result: RDResult) -> list[dict]:
     return out
 
 
-def from_json(objs: list[dict]) -> RDResult:
-    """The result that `to_json` wrote, e.g. to plot it again without measuring again."""
-    try:
-        curves = []
-        for o in objs:
-            r = o["results"]
-            settings = r["quality"] if o["kind"] == "codec" else r["model"]
-            qualities = [None] * len(settings) if o["kind"] == "codec" else r["quality"]
-            points = [Point(setting, b, pb, bpp, math.inf if psnr is None else psnr, ss, et, dt, ex, q)
-                      for setting, b, pb, bpp, psnr, ss, et, dt, ex, q in zip(
-                          settings, r["bytes"], r["payload_bytes"], r["bpp"], r["psnr"], r["ssim"],
-                          r["encoding_time"], r["decoding_time"], r["exact_images"], qualities)]
-            curves.append(Curve(o["name"], o["kind"], o["description"], o["images"], points, o.get("settings", {}),
-                                o.get("comparisons", [])))
-        method = next((m for o in objs for m, text in bdrate.DESCRIPTION.items() if o.get("bd_method") == text),
-                      bdrate.METHOD)
-        return RDResult(objs[0]["dataset"], max(c.images for c in curves), curves, method)
-    except (KeyError, TypeError, IndexError, ValueError) as e:
-        raise KaecError(f"not a `kaec rd --json` file ({type(e).__name__}: {e})") from None
+MAX_JSON_BYTES = 16 << 20  # a `--json` file of every shipped family with --rdo is about 40 KB
+
+
+def _number(value, key: str, minimum: float = -math.inf, allow_none: bool = False):
+    if value is None and allow_none:
+        return None
+    try:  # a JSON integer of hundreds of digits does not fit a float
+        number = None if isinstance(value, bool) or not isinstance(value, (int, float)) else float(value)
+    except OverflowError:
+        number = None
+    if number is None or not math.isfinite(number) or number < minimum:
+        wanted = f"finite numbers >= {minimum:g}" if minimum > -math.inf else "finite numbers"
+        raise KaecError(f"results.{key}: expected {wanted}{' or null' if allow_none else ''}, got {value!r:.40}")
+    return value
+
+
+def _integer(value, key: str, minimum: int = 0, allow_none: bool = False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value < 2**53:
+        raise KaecError(f"{key}: expected integers from {minimum} to 2**53{' or null' if allow_none else ''}, "
+                        f"got {value!r:.40}")
+    return value
+
+
+def _curve(o) -> Curve:
+    """One curve of a `--json` file, every value checked for the type `to_json` writes (so printing,
+    plotting and comparing it cannot fail half-way)."""
+    if not isinstance(o, dict):
+        raise KaecError(f"expected an object per curve, got {type(o).__name__}")
+    kind = o.get("kind")
+    if kind not in ("codec", "model"):
+        raise KaecError(f"kind: expected codec or model, got {kind!r:.40}")
+    for key in ("name", "description"):
+        if not isinstance(o.get(key), str):
+            raise KaecError(f"{key}: expected a string")
+    images = _integer(o.get("images"), "images", 1)
+    r = o.get("results")
+    keys = ("psnr", "ssim", "bpp", "bytes", "payload_bytes", "encoding_time", "decoding_time", "exact_images",
+            "quality") + (("model",) if kind == "model" else ())
+    if not isinstance(r, dict) or not all(isinstance(r.get(k), list) for k in keys):
+        raise KaecError(f"results: expected lists {', '.join(keys)}")
+    if len({len(r[k]) for k in keys}) != 1 or not r["bytes"]:
+        raise KaecError("results: expected lists of one and the same length, at least one value each")
+    settings, extra = o.get("settings", {}), o.get("comparisons", [])
+    if not isinstance(settings, dict) or not isinstance(extra, list):
+        raise KaecError("settings, comparisons: expected an object and a list")
+    points = []
+    for i in range(len(r["bytes"])):
+        if kind == "codec":
+            setting, quality = _integer(r["quality"][i], "results.quality", allow_none=True), None
+        else:
+            setting, quality = r["model"][i], _integer(r["quality"][i], "results.quality", allow_none=True)
+            if not isinstance(setting, str):
+                raise KaecError(f"results.model: expected names, got {setting!r:.40}")
+        psnr = _number(r["psnr"][i], "psnr", allow_none=True)
+        points.append(Point(setting, _number(r["bytes"][i], "bytes", 0),
+                            _number(r["payload_bytes"][i], "payload_bytes", 0), _number(r["bpp"][i], "bpp", 0),
+                            math.inf if psnr is None else psnr,
+                            _number(r["ssim"][i], "ssim"), _number(r["encoding_time"][i], "encoding_time", 0),
+                            _number(r["decoding_time"][i], "decoding_time", 0),
+                            _integer(r["exact_images"][i], "results.exact_images"), quality))
+        if points[-1].bytes == 0:
+            raise KaecError("results.bytes: expected sizes above 0 (a file holds bytes)")
+    return Curve(o["name"], kind, o["description"], images, points, settings, extra)
+
+
+def from_json(objs: list) -> RDResult:
+    """The result that `to_json` wrote, e.g. to plot it again without measuring again. Its comparisons are
+    computed again from its points: a file edited by hand cannot show figures its points do not give."""
+    if not isinstance(objs, list) or not objs:
+        raise KaecError("not a `kaec rd --json` file (expected a list of curves)")
+    curves = []
+    for i, o in enumerate(objs):
+        try:
+            curves.append(_curve(o))
+        except KaecError as e:
+            raise KaecError(f"not a `kaec rd --json` file (curve {i + 1}: {e})") from None
+    if not isinstance(objs[0].get("dataset"), str):
+        raise KaecError("not a `kaec rd --json` file (curve 1: dataset: expected a string)")
+    method = next((m for o in objs for m, text in bdrate.DESCRIPTION.items() if o.get("bd_method") == text),
+                  bdrate.METHOD)
+    result = RDResult(objs[0]["dataset"], max(c.images for c in curves), curves, method)
+    compare(result)
+    return result
 
 
 def load_json(path: Path) -> RDResult:
-    from kaecompress.runs import read_json
+    from kaecompress.fileio import parse_json, read_regular
 
-    objs = read_json(Path(path))
-    if not isinstance(objs, list) or not objs:
-        raise KaecError(f"{path}: not a `kaec rd --json` file (expected a list of curves)")
+    data = read_regular(path, MAX_JSON_BYTES, "a `kaec rd --json` file")
+    objs = parse_json(data, str(path))
     try:
         return from_json(objs)
     except KaecError as e:

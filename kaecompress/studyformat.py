@@ -29,6 +29,7 @@ import re
 from typing import Any
 
 from kaecompress.errors import KaecError
+from kaecompress.fileio import MAX_DEPTH
 
 STUDY_KEYS = {"experiment_name", "matrix", "exclude", "globals", "model", "train_set", "validation_set",
               "batch_size", "learnrate", "optimizer", "loss_function", "max_inputs", "trainer",
@@ -85,9 +86,11 @@ def _call(text: Any, key: str, allowed: set[str], names: dict, where: _Where) ->
     if not isinstance(text, str):
         raise where.error(key, f"expected a call such as {sorted(allowed)[0]}(...), got {text!r}")
     try:
-        tree = ast.parse(text.strip())
+        tree = parse(text)
     except SyntaxError as e:
         raise where.error(key, f"invalid syntax ({e.msg})", e.lineno or 1) from None
+    except KaecError as e:
+        raise where.error(key, str(e)) from None
     body = [s for s in tree.body if not isinstance(s, (ast.Import, ast.ImportFrom))]
     if len(body) != 1 or not isinstance(body[0], ast.Expr) or not isinstance(body[0].value, ast.Call):
         raise where.error(key, f"expected import lines and one call of {' or '.join(sorted(allowed))}", 1)
@@ -109,17 +112,23 @@ def _call(text: Any, key: str, allowed: set[str], names: dict, where: _Where) ->
 def study_to_native(raw: dict, source: str, text: str | None = None) -> dict:
     """One run's study-format mapping (matrix values substituted) as a native experiment mapping."""
     where = _Where(source, text)
-    unknown = sorted(set(raw) - STUDY_KEYS)
+    unknown = sorted(map(str, set(raw) - STUDY_KEYS))  # YAML keys may be numbers too
     if unknown:
-        raise KaecError(f"{where.line_of(unknown[0])}: unknown key '{unknown[0]}' (expected one of: "
+        raise KaecError(f"{where.line_of(unknown[0])}: unknown key {unknown[0]!r} (expected one of: "
                         f"{', '.join(sorted(STUDY_KEYS))})")
     for key in ("experiment_name", "model", "train_set", "validation_set", "batch_size", "learnrate",
                 "optimizer", "max_inputs"):
         if key not in raw:
             raise KaecError(f"{source}: missing required key '{key}'")
     names = {"None": None, "True": True, "False": False}
-    for name, value in (raw.get("globals") or {}).items():
-        names[name] = _literal(value) if isinstance(value, str) else value
+    given = raw.get("globals") or {}
+    if not isinstance(given, dict) or not all(isinstance(k, str) and k.isidentifier() for k in given):
+        raise where.error("globals", f"expected a mapping of Python names to values, got {given!r:.60}")
+    for name, value in given.items():
+        try:
+            names[name] = _literal(value) if isinstance(value, str) else value
+        except KaecError as e:
+            raise where.error("globals", f"{name}: {e}") from None
     _, model = _call(raw["model"], "model", {"CNNKAE"}, names, where)
     bad = sorted(set(model) - _MODEL_ARGS)
     if bad:
@@ -134,8 +143,8 @@ def study_to_native(raw: dict, source: str, text: str | None = None) -> dict:
         func, kwargs = _call(raw[key], key, set(_DATASETS), names, where)
         if kwargs.get("train", train) != train:
             raise where.error(key, f"expected train={train}", 1)
-        if "shape" in kwargs and tuple(kwargs["shape"]) != tuple(model.get("shape", (1, 28, 28))):
-            raise where.error(key, f"shape {kwargs['shape']} differs from the model's", 1)
+        if "shape" in kwargs and _as_tuple(kwargs["shape"]) != _as_tuple(model.get("shape", (1, 28, 28))):
+            raise where.error(key, f"shape {kwargs['shape']!r} differs from the model's", 1)
         datasets[key] = _DATASETS[func]
     if datasets["train_set"] != datasets["validation_set"]:
         raise KaecError(f"{source}: train_set and validation_set must be the same dataset")
@@ -156,8 +165,31 @@ def study_to_native(raw: dict, source: str, text: str | None = None) -> dict:
     }
 
 
+def parse(text: str, mode: str = "exec") -> ast.AST:
+    """`text` as a Python syntax tree at most MAX_DEPTH nodes deep; deeper is a KaecError (and SyntaxError
+    stays itself). Python's parser and every walk of its tree recurse: 200,000 unary minus signs exhaust
+    the parser's own stack (MemoryError) and a few thousand the interpreter's (RecursionError)."""
+    try:
+        tree = ast.parse(text.strip(), mode=mode)
+    except (RecursionError, MemoryError):
+        raise KaecError(f"nested more than {MAX_DEPTH} levels deep") from None
+    except ValueError as e:  # a NUL byte, on Python 3.10 (later versions raise SyntaxError)
+        raise SyntaxError(str(e)) from None
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise KaecError(f"nested more than {MAX_DEPTH} levels deep")
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return tree
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
 def _literal(text: str):
     try:
-        return ast.literal_eval(text.strip())
-    except (ValueError, SyntaxError):
+        return ast.literal_eval(parse(text, mode="eval"))
+    except (ValueError, TypeError, SyntaxError):
         return text  # a plain word stays a string, as YAML meant it

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from kaecompress import runs
 from kaecompress.errors import KaecError
+from kaecompress.fileio import parse_json, read_regular
 
 if TYPE_CHECKING:  # torch is imported where a model is built: a bad card or file is refused without it
     import torch
@@ -116,12 +117,23 @@ def trained_dir() -> Path:
     return Path(kaecompress.trained.__file__).parent
 
 
+MAX_CARD_BYTES = 256 << 10         # a card is a page of JSON (ours are under 3 KB)
+MAX_WEIGHTS_BYTES = 1 << 30         # ours are under 7 MB; the file is read whole to check its sha256
+MAX_HEADER_BYTES = 100_000_000      # safetensors' own limit on its JSON header
+
+
+def read_card(path: Path) -> object:
+    """A card file's JSON: a regular file within MAX_CARD_BYTES, nested at most fileio.MAX_DEPTH levels."""
+    return parse_json(read_regular(path, MAX_CARD_BYTES, "a model card"), str(path))
+
+
 def cards(folder: Path | None = None) -> dict[str, dict]:
-    """Model cards of the shipped models, by name."""
+    """Model cards of the shipped models, by name. JSON files that are not cards (no `name` matching the
+    file name) are left out; a card that is no readable JSON within its caps is an error naming it."""
     folder = folder or trained_dir()
     found = {}
     for path in sorted(folder.glob("*.json")):
-        card = runs.read_json(path)
+        card = read_card(path)
         if isinstance(card, dict) and card.get("name") == path.stem:
             found[path.stem] = card
     return found
@@ -153,23 +165,57 @@ def check_card(card: dict, path: Path) -> dict:
 def _check_sizes(data: bytes, path: Path, model: dict) -> None:
     """Without torch: the safetensors header must fit the file, and the model the card's config describes
     must not need more parameter values than the file holds (a codec model's file holds its prior too)."""
-    import json
-    import struct
-
-    from kaecompress.config import ModelConfig
+    from kaecompress.config import model_config
     from kaecompress.resources import parameter_count
 
-    if len(data) < 8 or struct.unpack("<Q", data[:8])[0] > len(data) - 8:
-        raise KaecError(f"{path}: not a readable safetensors file (its header length passes the end of the file)")
-    try:
-        header = json.loads(data[8:8 + struct.unpack("<Q", data[:8])[0]])
-        have = sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
-        wanted = parameter_count(ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in model.items()}))
-    except (ValueError, TypeError, KeyError, AttributeError) as e:
-        raise KaecError(f"{path}: not a safetensors file matching its card ({e})") from None
+    have = sum(math.prod(shape) for shape in safetensors_header(data, path).values())
+    wanted = parameter_count(model_config(model, f"{path}: its card's config.model"))
     if wanted > have:
         raise KaecError(f"{path}: the config does not match the weights (it describes {wanted:,} parameter "
                         f"values, the weights hold {have:,})")
+
+
+_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
+def safetensors_header(data: bytes, path: Path) -> dict[str, list[int]]:
+    """Without torch: the shape of each tensor a safetensors file's header lists, each checked to fit the
+    file (its dtype's size times its values is its byte range, inside the data). The 8-byte length field
+    can claim anything: it is bounded by the file and by MAX_HEADER_BYTES before the header is read."""
+    import struct
+
+    size = struct.unpack("<Q", data[:8])[0] if len(data) >= 8 else None
+    if size is None or size > len(data) - 8 or size > MAX_HEADER_BYTES:
+        raise KaecError(f"{path}: not a readable safetensors file (its header length passes the end of the file "
+                        f"or {MAX_HEADER_BYTES:,} bytes)")
+    header = parse_json(data[8:8 + size], str(path), "safetensors header JSON")
+    if not isinstance(header, dict):
+        raise KaecError(f"{path}: not a readable safetensors file (its header is not a JSON object)")
+    end, shapes = len(data) - 8 - size, {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        ok = isinstance(entry, dict) and entry.get("dtype") in _DTYPE_BYTES
+        shape, offsets = (entry.get("shape"), entry.get("data_offsets")) if ok else (None, None)
+        ok = ok and isinstance(shape, list) and isinstance(offsets, list) and len(offsets) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in shape + offsets)
+        if not ok or not offsets[0] <= offsets[1] <= end or \
+                _values(shape, end) * _DTYPE_BYTES[entry["dtype"]] != offsets[1] - offsets[0]:
+            raise KaecError(f"{path}: not a readable safetensors file (tensor {name[:40]!r}: expected a dtype, a "
+                            f"shape and data_offsets that fit the file)")
+        shapes[name] = shape
+    return shapes
+
+
+def _values(shape: list[int], limit: int) -> int:
+    """Values in a tensor of `shape`, or limit + 1 once past `limit` (no product of huge claimed sizes)."""
+    count = 0 if 0 in shape else 1
+    for dim in shape:
+        count *= dim
+        if count > limit:
+            return limit + 1
+    return count
 
 
 def load_trained(name: str, folder: Path | None = None) -> LoadedModel:
@@ -182,10 +228,7 @@ def load_trained(name: str, folder: Path | None = None) -> LoadedModel:
         raise KaecError(f"{name}: no such trained model (available: {', '.join(cards(folder)) or 'none'})")
     check_card(card, folder / f"{name}.json")
     path = folder / card["weights_file"]
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise KaecError(f"{path}: cannot read weights ({e.strerror or e})") from None
+    data = read_regular(path, MAX_WEIGHTS_BYTES, "weights")
     if hashlib.sha256(data).hexdigest() != card["file_sha256"]:
         raise KaecError(f"{path}: sha256 differs from its card {name}.json; the file is damaged")
     _check_sizes(data, path, card["config"]["model"])

@@ -87,7 +87,7 @@ def test_invalid_yaml_names_file_and_line(tmp_path):
     bad.write_text("experiment_name: x\ndata: {dataset: mnist\nmodel: 3\n")
     with pytest.raises(KaecError, match=r"bad.yml: line \d+ invalid YAML"):
         load_experiment(bad)
-    with pytest.raises(KaecError, match="cannot read config"):
+    with pytest.raises(KaecError, match="cannot read an experiment file"):
         load_experiment(tmp_path / "missing.yml")
 
 
@@ -116,7 +116,7 @@ def test_a_key_given_twice_is_refused_not_silently_overwritten(tmp_path):
         load_experiment(dup)
     binary = tmp_path / "bin.yml"
     binary.write_bytes(bytes(range(256)))
-    with pytest.raises(KaecError, match="bin.yml: not a text file"):
+    with pytest.raises(KaecError, match="bin.yml: not a UTF-8 text file"):
         load_experiment(binary)
 
 

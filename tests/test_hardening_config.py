@@ -463,3 +463,68 @@ def test_threads_default_to_one_and_follow_the_flag_or_the_config(tmp_path, mnis
     r = kaec("train", "-c", write_config(tmp_path / "t0.yml", TINY.replace("  log_every: 64", "  threads: 0")),
              "--dry-run")
     assert r.returncode == 2 and "train.threads: expected a positive value" in r.stderr
+
+
+# ---- issue 26: deep nesting, special files and names too long for the file system ------------------------
+
+def _study_with_model(text: str) -> str:
+    study = STUDY.read_text()
+    start = study.index("model: |")
+    end = study.index("\n", study.index("  )", start))
+    return study[:start] + f'model: "{text}"' + study[end:]
+
+
+@pytest.mark.parametrize("kind, text", [
+    ("flow", "experiment_name: x\ndata: " + "[" * 100_000 + "\n"),
+    ("block", "experiment_name: x\ndata:\n" + "- " * 50_000 + "1\n"),
+    ("mappings", "".join(" " * i + f"k{i}:\n" for i in range(1000)) + " " * 1000 + "v\n"),
+    ("study-unary-minus", _study_with_model("-" * 200_000 + "1")),
+    ("study-operator-chain", _study_with_model("1" + "+1" * 100_000)),
+], ids=lambda v: v if len(v) < 30 else "")
+def test_deep_nesting_in_an_experiment_file_is_one_line_naming_it(tmp_path, kind, text):
+    path = write_config(tmp_path / f"{kind}.yml", text)
+    assert_refused_fast(["train", "-c", path, "--runs-dir", tmp_path / "runs"], f"{path}")
+    assert_refused_fast(["train", "-c", path, "--dry-run"], "nested more than 100 levels deep")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_nesting_as_deep_as_a_real_file_could_go_is_still_read(tmp_path):
+    data = "[" * 98 + "]" * 98  # with the file's mapping and train: 100 levels, the limit
+    path = write_config(tmp_path / "deep.yml", TINY.replace("  batch_size: 32\n", f"  batch_size: 32\n  x: {data}\n"))
+    with pytest.raises(KaecError, match="train.x: unknown key"):  # read whole, then validated as usual
+        load_experiment(path)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero-link", "huge"])
+def test_an_experiment_file_that_is_no_regular_file_or_too_big_is_refused_unread(tmp_path, kind):
+    path = tmp_path / "exp.yml"
+    if kind == "fifo":
+        os.mkfifo(path)  # reading it would wait for a writer for ever
+    elif kind == "dev-zero-link":
+        path.symlink_to("/dev/zero")  # reading it would never end
+    else:
+        with open(path, "wb") as f:
+            f.truncate(5 << 30)  # 5 GB, sparse
+    message = "at most 1,048,576 bytes" if kind == "huge" else "not a regular file (expected an experiment file)"
+    r = assert_refused_fast(["train", "-c", path, "--dry-run"], message)
+    assert str(path) in r.stderr
+
+
+@pytest.mark.parametrize("change, key", [
+    ({"experiment_name": "a" * 300}, "experiment_name: folder name 'aaaa"),
+    ({"experiment_name": "é" * 200}, "is 400 bytes"),
+    ({"experiment_name": "/".join(["b" * 250] * 5)}, "experiment_name: the run folder"),
+    ({"experiment_name": "exp/${matrix_slug}", "matrix": {"v": ["c" * 300]}}, "${matrix_slug}"),
+    ({"matrix": {"v": ["d" * 300]}}, "matrix: folder name 'v:ddd"),
+])
+def test_a_run_folder_name_the_file_system_would_refuse_is_refused_before_training(tmp_path, change, key):
+    data = yaml.safe_load(TINY)
+    data.update(change)
+    path = write_config(tmp_path / "long.yml", yaml.safe_dump(data, allow_unicode=True))
+    r = assert_refused_fast(["train", "-c", path, "--runs-dir", tmp_path / "runs"], key)
+    assert "long.yml" in r.stderr and "File name too long" not in r.stderr
+    assert not (tmp_path / "runs").exists()
+    data["experiment_name"] = data["experiment_name"].replace("a" * 300, "a" * 255).replace("é" * 200, "é" * 127)
+    if "matrix" not in change and "/" not in data["experiment_name"]:  # the longest names that fit are fine
+        write_config(path, yaml.safe_dump(data, allow_unicode=True))
+        assert len(load_experiment(path).runs) == 1

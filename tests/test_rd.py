@@ -330,3 +330,44 @@ def test_mistakes_are_one_line_and_exit_2_with_nothing_written(env, tmp_path, ar
     assert r.returncode == 2, r.stderr
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "rd.txt").exists()
+
+
+# ---- issue 26: --from-json reads a bounded regular file, nested as a real one is -----------------------
+
+@pytest.mark.parametrize("kind, message", [
+    ("deep", "nested more than 100 levels deep"),
+    ("fifo", "not a regular file (expected a `kaec rd --json` file)"),
+    ("dev-zero", "not a regular file (expected a `kaec rd --json` file)"),
+    ("huge", "bytes; a `kaec rd --json` file is at most 16,777,216 bytes"),
+    ("wrong-type", "curve 1: results.bytes: expected finite numbers >= 0, got 'many'"),
+    ("not-json", "not valid JSON"),
+])
+def test_from_json_refuses_deep_special_huge_and_ill_typed_files_in_one_line(tmp_path, kind, message):
+    import os
+
+    from conftest import kaec_bounded
+
+    path = tmp_path / "rd.json"
+    if kind == "deep":
+        path.write_text("[" * 100_000)
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dev-zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "huge":
+        with open(path, "wb") as f:
+            f.truncate(5 << 30)
+    elif kind == "wrong-type":
+        path.write_text(json.dumps([{"name": "JPEG", "kind": "codec", "description": "", "dataset": "mnist",
+                                     "images": 1, "results": {
+                                         "psnr": [30.0], "ssim": [0.9], "bpp": [1.0], "bytes": ["many"],
+                                         "payload_bytes": [9.0], "encoding_time": [0.1], "decoding_time": [0.1],
+                                         "exact_images": [0], "quality": [50]}}]))
+    else:
+        path.write_text('[{"name": "JPEG",')
+    r, wall, _ = kaec_bounded("rd", "--from-json", path, "--json-dir", tmp_path / "out")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith(f"error: {path}: ") and message in r.stderr and len(r.stderr.splitlines()) == 1, \
+        r.stderr
+    assert wall < 5, wall
+    assert not (tmp_path / "out").exists()

@@ -95,3 +95,93 @@ def test_the_shipped_codec_families_span_their_qualities_within_the_size_budget(
     assert max(c["psnr"] for c in mnist) >= 28
     total = sum(p.stat().st_size for p in trained_dir().iterdir() if p.is_file())
     assert total < 60e6  # every model ships in git
+
+
+# ---- issue 26: cards and safetensors headers are read bounded ------------------------------------------
+
+def _folder_with(tmp_path, name: str, make):
+    """A trained/ folder with a real card beside a card NAME.json that `make(path)` creates."""
+    import shutil
+
+    from kaecompress.zoo import trained_dir
+
+    folder = tmp_path / "trained"
+    folder.mkdir()
+    shutil.copy(trained_dir() / f"{DEFAULT_MODEL}.json", folder)
+    make(folder / f"{name}.json")
+    return folder
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("deep", "nested more than 100 levels deep"),
+    ("fifo", "not a regular file (expected a model card)"),
+    ("dev-zero", "not a regular file (expected a model card)"),
+    ("huge", "bytes; a model card is at most 262,144 bytes"),
+])
+def test_a_card_that_is_deep_special_or_huge_is_one_line_naming_it(tmp_path, kind, message):
+    import os
+
+    from conftest import kaec_bounded
+
+    make = {"deep": lambda p: p.write_text("[" * 100_000), "fifo": os.mkfifo,
+            "dev-zero": lambda p: p.symlink_to("/dev/zero"),
+            "huge": lambda p: open(p, "wb").truncate(5 << 30)}[kind]
+    folder = _folder_with(tmp_path, "bad", make)
+    for args in (["models"], ["models", "--json"], ["encode", "examples/mnist-7.png", "-o", tmp_path / "z.kae",
+                                                     "-m", DEFAULT_MODEL]):
+        r, wall, _ = kaec_bounded(*args, env={"KAEC_TRAINED": str(folder)})
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.strip() == f"error: {folder / 'bad.json'}: {message}" or \
+            (message in r.stderr and str(folder / "bad.json") in r.stderr and len(r.stderr.splitlines()) == 1), \
+            r.stderr
+        assert wall < 5, wall
+    assert not (tmp_path / "z.kae").exists()
+
+
+def test_safetensors_headers_are_bounded_and_checked_against_the_file():
+    import struct
+
+    from kaecompress import KaecError
+    from kaecompress.zoo import MAX_HEADER_BYTES, safetensors_header, trained_dir
+
+    real = (trained_dir() / f"{DEFAULT_MODEL}.safetensors").read_bytes()
+    shapes = safetensors_header(real, "w")
+    assert shapes and all(isinstance(s, list) for s in shapes.values())
+    size = struct.unpack("<Q", real[:8])[0]
+    header = json.loads(real[8:8 + size])
+    body = real[8 + size:]
+
+    def refused(data: bytes, message: str):
+        with pytest.raises(KaecError, match=message) as e:
+            safetensors_header(data, "w.safetensors")
+        assert "\n" not in str(e.value)
+
+    refused(struct.pack("<Q", MAX_HEADER_BYTES + 1) + b" " * 16, "header length passes")
+    refused(struct.pack("<Q", 2 ** 64 - 1) + real[8:], "header length passes")
+    refused(real[:7], "header length passes")
+    deep = b"[" * 100_000
+    refused(struct.pack("<Q", len(deep)) + deep + body, "nested more than 100 levels deep")
+    name, entry = next((k, v) for k, v in header.items() if k != "__metadata__")
+    for change in ({"data_offsets": [0, len(body) + 4]}, {"shape": [10 ** 4000 // 10 ** 3990]},
+                   {"shape": entry["shape"] + [2]}, {"dtype": "F99"}, {"shape": "big"}, {"data_offsets": [True, 4]}):
+        bad = json.dumps({**header, name: {**entry, **change}}).encode()
+        refused(struct.pack("<Q", len(bad)) + bad + body, f"tensor '{name}'")
+
+
+def test_weights_that_are_a_fifo_are_refused_without_waiting(tmp_path):
+    import os
+
+    from conftest import kaec_bounded
+    from kaecompress.zoo import trained_dir
+
+    folder = tmp_path / "trained"
+    folder.mkdir()
+    card = json.loads((trained_dir() / f"{DEFAULT_MODEL}.json").read_text())
+    card.update(name="evil", weights_file="evil.safetensors")
+    (folder / "evil.json").write_text(json.dumps(card))
+    os.mkfifo(folder / "evil.safetensors")  # reading it would wait for a writer for ever
+    r, wall, _ = kaec_bounded("encode", "examples/mnist-7.png", "-o", tmp_path / "z.kae", "-m", "evil",
+                              env={"KAEC_TRAINED": str(folder)})
+    assert r.returncode == 2 and r.stderr.strip() == \
+        f"error: {folder / 'evil.safetensors'}: not a regular file (expected weights)", r.stderr
+    assert wall < 5 and not (tmp_path / "z.kae").exists()
