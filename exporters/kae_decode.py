@@ -229,7 +229,8 @@ def png(pixels: np.ndarray, mode: str) -> bytes:
 
 def read_regular(path: Path, max_bytes: int) -> bytes:
     """A regular file of at most `max_bytes`: a FIFO or a device is refused without blocking on it (messages
-    leave the path to the caller)."""
+    leave the path to the caller). This script runs without kaecompress, hence its own copy of what
+    kaecompress.fileio.read_regular does."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as e:
