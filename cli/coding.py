@@ -193,7 +193,8 @@ def decode(
 ) -> None:
     """Decompress latents to PNG images (original size and mode)."""
     from kaecompress.codec import Codec, check_backend
-    from kaecompress.containers import SUFFIXES, precheck, read_input
+    from kaecompress.bitstream import precheck
+    from kaecompress.containers import SUFFIXES, read_input
 
     check_backend(backend, device)
     files = _inputs(inputs, SUFFIXES)

@@ -16,7 +16,7 @@ import torch
 from kaecompress.errors import KaecError
 from kaecompress.exporters.manifest import EXTENSIONS, PARTS
 from kaecompress.models import CNNKAE
-from kaecompress.runs import atomic_write_bytes
+from kaecompress.fileio import atomic_write_bytes
 
 
 
@@ -134,6 +134,29 @@ def onnx_session(model: Path | bytes, provider: str = "cpu", threads: int | None
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     names = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider"]}[provider]
     return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=names)
+
+
+def cuda_sessions(folder, threads, flag: str = "--provider cuda"):
+    """Encoder and decoder sessions on CUDA, refusing to run when CUDA is not really in use (errors name `flag`)."""
+    ort = import_onnxruntime()
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise KaecError(f"{flag}: this onnxruntime has no CUDA support; install the GPU build in an "
+                        "environment without the CPU one: pip uninstall onnxruntime && pip install -e '.[gpu]' "
+                        "(in the kaecompress checkout)")
+    if torch.version.cuda and not torch.cuda.is_available():
+        # Said here in one line; onnxruntime would log a screenful about libcuda and then fall back.
+        raise KaecError(f"{flag}: CUDA is not usable here: no GPU or driver is visible (torch.cuda."
+                        "is_available() is False)")
+    if hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()  # CUDA and cuDNN from the nvidia-* wheels torch installed; no LD_LIBRARY_PATH needed
+    sessions = [onnx_session(folder / f"{part}.onnx", "cuda", threads, spinning=False)
+                for part in ("encoder", "decoder")]
+    for s in sessions:
+        # onnxruntime falls back to CPU with only a logged error; the session's own list tells the truth.
+        if s.get_providers()[0] != "CUDAExecutionProvider":
+            raise KaecError(f"{flag}: CUDA is not usable here (the session runs on {s.get_providers()}); "
+                            "refusing to run on the CPU under a CUDA label")
+    return sessions
 
 
 def load_runner(path: Path, device: str | torch.device = "cpu", data: bytes | None = None):

@@ -153,33 +153,6 @@ def environment(threads: int | None) -> dict:
             else None}
 
 
-def cuda_sessions(folder, threads, flag: str = "--provider cuda"):
-    """Encoder and decoder sessions on CUDA, refusing to run when CUDA is not really in use (errors name `flag`)."""
-    from kaecompress.exporters.formats import import_onnxruntime, onnx_session
-
-    ort = import_onnxruntime()
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        raise KaecError(f"{flag}: this onnxruntime has no CUDA support; install the GPU build in an "
-                        "environment without the CPU one: pip uninstall onnxruntime && pip install -e '.[gpu]' "
-                        "(in the kaecompress checkout)")
-    import torch
-
-    if torch.version.cuda and not torch.cuda.is_available():
-        # Said here in one line; onnxruntime would log a screenful about libcuda and then fall back.
-        raise KaecError(f"{flag}: CUDA is not usable here: no GPU or driver is visible (torch.cuda."
-                        "is_available() is False)")
-    if hasattr(ort, "preload_dlls"):
-        ort.preload_dlls()  # CUDA and cuDNN from the nvidia-* wheels torch installed; no LD_LIBRARY_PATH needed
-    sessions = [onnx_session(folder / f"{part}.onnx", "cuda", threads, spinning=False)
-                for part in ("encoder", "decoder")]
-    for s in sessions:
-        # onnxruntime falls back to CPU with only a logged error; the session's own list tells the truth.
-        if s.get_providers()[0] != "CUDAExecutionProvider":
-            raise KaecError(f"{flag}: CUDA is not usable here (the session runs on {s.get_providers()}); "
-                            "refusing to run on the CPU under a CUDA label")
-    return sessions
-
-
 def pillow_round_trip(images: np.ndarray, fmt: str, **params) -> tuple[float, float]:
     """Mean bytes and mean PSNR of encoding + decoding each image with Pillow."""
     from PIL import Image
@@ -210,7 +183,7 @@ def run_bench(loaded, *, provider: str = "cpu", batch_sizes: Sequence[int] = (1,
 
     from kaecompress.codec import export_cache
     from kaecompress.data import load_images
-    from kaecompress.exporters.formats import load_runner, onnx_session
+    from kaecompress.exporters.formats import cuda_sessions, load_runner, onnx_session
 
     if provider not in ("cpu", "cuda"):
         raise KaecError(f"--provider: expected cpu or cuda, got {provider!r}")

@@ -22,10 +22,11 @@ import binascii
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
-from kaecompress import rangecoder
+from kaecompress import containers, rangecoder
 from kaecompress.containers import check_layout
 from kaecompress.errors import KaecError
 
@@ -274,3 +275,14 @@ def read(data: bytes, *, resolve: Callable[[Header], tuple]) -> tuple[Header, np
     tables, weights_sha256, tile = resolve(header)
     symbols = read_payload(data, header, tables, weights_sha256, tile)
     return header.with_tile(tile), symbols
+
+
+def precheck(path: Path, data: bytes, max_pixels: int = containers.MAX_PIXELS) -> None:
+    """`containers.precheck` for every input file, a version 2 .kae's header included: what can be checked
+    before the file's model is known, so before torch is loaded."""
+    if path.suffix.lower() == ".kae" and data and data[0] & 0x80:
+        header = parse_header(data, str(path))
+        if not header.compact:
+            containers.check_pixels(header.width, header.height, str(path), max_pixels)
+        return
+    containers.precheck(path, data, max_pixels)

@@ -116,11 +116,9 @@ class OnnxBackend:
     """The model's exported ONNX encoder and decoder, run by onnxruntime."""
 
     def __init__(self, folder: Path, provider: str = "cpu", threads: int | None = None) -> None:
-        from kaecompress.exporters.formats import onnx_session
+        from kaecompress.exporters.formats import cuda_sessions, onnx_session
 
         if provider == "cuda":  # checked: onnxruntime would fall back to the CPU with only a log line
-            from kaecompress.bench import cuda_sessions
-
             self.encoder, self.decoder = cuda_sessions(folder, threads, "--device cuda")
             return
         # Idle threads that spin would take the core the entropy coding between network calls needs.

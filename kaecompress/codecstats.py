@@ -30,7 +30,7 @@ def measure(model, images: torch.Tensor, batch_size: int = 1000) -> dict:
     the mean PSNR of the decoded 8-bit pixels. `model.prior` must have its integer tables (`freeze()`), and
     codes through its context model where it has one."""
     from kaecompress import bitstream, rangecoder
-    from kaecompress.zoo import weights_sha256
+    from kaecompress.models import weights_sha256
 
     model.eval()
     tables = model.prior.tables()

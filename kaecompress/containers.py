@@ -28,8 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from kaecompress.errors import KaecError
-from kaecompress.fileio import MiB, read_regular
-from kaecompress.runs import atomic_write_bytes
+from kaecompress.fileio import MiB, atomic_write_bytes, read_regular
 
 MAGIC = b"KAEC"
 VERSION = 1
@@ -345,17 +344,13 @@ def _read_npz(data: bytes, path: Path, latent_dim: int, patch: tuple[int, int], 
 
 def precheck(path: Path, data: bytes, max_pixels: int = MAX_PIXELS) -> None:
     """What can be checked of an input file's bytes before its model is known, so before torch is loaded:
-    a .kae's header (version 1: the whole file, its CRC included), an .npz's members, a .npy's header, and
-    the size each claims against `max_pixels` (an .npz's latents too: at most 4 planes of one float32 a
-    pixel, far more than any tiling holds; `read` applies the model's exact bound)."""
+    a version 1 .kae (the whole file, its CRC included), an .npz's members, a .npy's header, and the size
+    each claims against `max_pixels` (an .npz's latents too: at most 4 planes of one float32 a pixel, far
+    more than any tiling holds; `read` applies the model's exact bound). A version 2 .kae is left to
+    kaecompress.bitstream.precheck, which checks every kind."""
     where, suffix = str(path), path.suffix.lower()
     if suffix == ".kae":
-        if data and data[0] & 0x80:  # version 2 (kaecompress.bitstream, which imports this module)
-            from kaecompress import bitstream
-
-            header = bitstream.parse_header(data, where)
-            if not header.compact:
-                check_pixels(header.width, header.height, where, max_pixels)
+        if data and data[0] & 0x80:  # version 2
             return
         enc = from_kae(data, where)[0]
         check_pixels(enc.width, enc.height, where, max_pixels)

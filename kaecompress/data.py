@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from kaecompress.errors import KaecError
-from kaecompress.runs import atomic_write_bytes
+from kaecompress.fileio import atomic_write_bytes
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm"}
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"

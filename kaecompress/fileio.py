@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from kaecompress.errors import KaecError
 
 MiB = 1 << 20
 MAX_DEPTH = 100  # nesting of lists and mappings; real configs, cards and results use under 10
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def read_regular(path: str | Path, max_bytes: int, what: str, follow: bool = True) -> bytes:
@@ -122,3 +125,31 @@ def parse_json(data: bytes | str, source: str, what: str = "JSON") -> Any:
 def read_json(path: str | Path, max_bytes: int, what: str, follow: bool = True) -> Any:
     """A JSON file: a regular file within its cap (`read_regular`), parsed as `parse_json` does."""
     return parse_json(read_regular(path, max_bytes, what, follow), str(path), what)
+
+
+def public_mode(path: Path, directory: bool = False) -> None:
+    """mkstemp/mkdtemp create private files; give them the permissions a plain open() would."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_UMASK)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        public_mode(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException as e:
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno:  # name the file the user asked for, not the temp file
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))

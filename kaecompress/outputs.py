@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from kaecompress.errors import KaecError
-from kaecompress.runs import public_mode
+from kaecompress.fileio import public_mode
 
 
 def write_all(files: list[tuple[Path, bytes]]) -> None:

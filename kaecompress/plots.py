@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from kaecompress import runs
+from kaecompress import fileio, runs
 from kaecompress.config import RunConfig
 from kaecompress.errors import KaecError
 
@@ -31,7 +31,7 @@ def _save(fig, out: Path) -> Path:
     try:
         with open(fd, "wb") as f:
             fig.savefig(f, format=fmt, dpi=120, bbox_inches="tight")
-        runs.public_mode(Path(tmp))
+        fileio.public_mode(Path(tmp))
         Path(tmp).replace(out)
     except ValueError as e:  # unknown image format
         raise KaecError(f"{out}: cannot write this image format ({e})") from None

@@ -21,9 +21,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from kaecompress.fileio import atomic_write_bytes, atomic_write_text
 
 CONFIG = "config.yml"
 METRICS = "metrics.jsonl"
@@ -38,8 +39,6 @@ MAX_JSON_BYTES = 16 << 20  # a summary or lease is a few kB
 MAX_METRICS_BYTES = 256 << 20  # a line per log interval: a few MB for the longest runs
 # what a sweep writes, appends to or deletes in a run folder (besides its own temporary files)
 RUN_ENTRIES = (CONFIG, METRICS, CHECKPOINT, SUMMARY, ATTEMPTS, LOCK, LEASE, TENSORBOARD)
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 def run_path(runs_root: str | Path, folder: str) -> Path:
@@ -83,34 +82,6 @@ def check_run_dir(runs_root: str | Path, directory: str | Path) -> Path:
     for name in RUN_ENTRIES:
         check_inside(runs_root, Path(directory) / name)
     return real
-
-
-def public_mode(path: Path, directory: bool = False) -> None:
-    """mkstemp/mkdtemp create private files; give them the permissions a plain open() would."""
-    os.chmod(path, (0o777 if directory else 0o666) & ~_UMASK)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        public_mode(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException as e:
-        if tmp:
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.errno:  # name the file the user asked for, not the temp file
-            raise OSError(e.errno, e.strerror, str(path)) from e
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

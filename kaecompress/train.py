@@ -244,7 +244,7 @@ def _train_run(cfg, run_dir, data_root, device, progress, train_images, val_imag
         (run_dir / runs.SUMMARY).unlink(missing_ok=True)
     import yaml
 
-    runs.atomic_write_text(run_dir / runs.CONFIG, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    fileio.atomic_write_text(run_dir / runs.CONFIG, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     runs.truncate_metrics(run_dir, state.inputs)
     scalars = _Scalars(run_dir / "tb")
     try:

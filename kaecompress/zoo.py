@@ -13,13 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kaecompress import runs
+from kaecompress import fileio, runs
 from kaecompress.errors import KaecError
 from kaecompress.fileio import parse_json, read_regular
 
 if TYPE_CHECKING:  # torch is imported where a model is built: a bad card or file is refused without it
-    import torch
-
     from kaecompress.models import CNNKAE
 
 
@@ -39,17 +37,6 @@ class LoadedModel:
     def lmbda(self) -> float | None:
         """A codec model's rate–distortion weight (the `codec:` section's lambda); None for a plain model."""
         return (self.config.get("codec") or {}).get("lmbda")
-
-
-def weights_sha256(model: torch.nn.Module) -> str:
-    import torch
-
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().to("cpu", torch.float32).contiguous()
-        h.update(f"{name}:{tuple(t.shape)};".encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()
 
 
 def build(config: dict, state: dict, where: str | Path) -> CNNKAE:
@@ -99,6 +86,8 @@ def load_run(run_dir: str | Path) -> LoadedModel:
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
         raise KaecError(f"{path}: not a kaecompress checkpoint (expected 'config' and 'model' entries)")
+    from kaecompress.models import weights_sha256
+
     model = build(ckpt["config"], ckpt["model"], path)
     return LoadedModel(model, str(Path(run_dir).resolve()), ckpt["config"], weights_sha256(model))
 
@@ -238,6 +227,8 @@ def load_trained(name: str, folder: Path | None = None) -> LoadedModel:
         state = load(data)
     except SafetensorError as e:
         raise KaecError(f"{path}: not a readable safetensors file ({e})") from None
+    from kaecompress.models import weights_sha256
+
     model = build(card["config"], state, path)
     return LoadedModel(model, name, card["config"], weights_sha256(model), card)
 
@@ -350,11 +341,13 @@ def promote(run_dir: str | Path, name: str, *, dest: Path | None = None, recipe:
     if fitted:  # the context's buffers and the new tables join the state
         state = {k: v.half() if float16 and v.is_floating_point() else v.contiguous()
                  for k, v in loaded.model.state_dict().items()}
+    from kaecompress.models import weights_sha256
+
     loaded.weights_sha256 = weights_sha256(loaded.model)
     weights = save(state)
     images = load_images(loaded.dataset, False, data_root, loaded.model.shape)
     recon = reconstruction_metrics(loaded.model, images)
-    runs.atomic_write_bytes(dest / f"{name}.safetensors", weights)
+    fileio.atomic_write_bytes(dest / f"{name}.safetensors", weights)
     card = {
         "name": name,
         "dataset": loaded.dataset,

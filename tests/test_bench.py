@@ -116,7 +116,7 @@ def test_io_binding_runs_the_session_and_keeps_the_result_on_the_device(exported
 def test_a_cuda_session_that_fell_back_to_cpu_is_refused(exported_tiny, monkeypatch):
     """onnxruntime asked for CUDA where it cannot load builds a CPU session and only logs it; with a GPU
     pretended visible, that session is what the check sees, and it must refuse."""
-    from kaecompress.bench import cuda_sessions
+    from kaecompress.exporters.formats import cuda_sessions
     from kaecompress.errors import KaecError
     from kaecompress.exporters.formats import import_onnxruntime
 

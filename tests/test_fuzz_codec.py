@@ -52,7 +52,7 @@ def _decode_v2(codec: Codec, data: bytes):
 def _decode_file(codec: Codec, name: str, data: bytes):
     """A .kae (either version), .npz or .npy as `kaec decode` reads it, decoded to an image."""
     path = Path(name)
-    containers.precheck(path, data, MAX_PIXELS)
+    bitstream.precheck(path, data, MAX_PIXELS)
     if path.suffix == ".kae" and data and data[0] & 0x80:
         return _decode_v2(codec, data)
     enc = containers.read(path, codec.latent_dim, (codec.height, codec.width), codec.channels, codec.check_model,
