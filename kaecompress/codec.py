@@ -344,9 +344,7 @@ class Codec:
             grids.append(grid)
             info.append((im.width, im.height, mode))
         all_tiles = np.concatenate(tiles).astype(np.float32)
-        latents = self._run(self.backend.encode, all_tiles)
-        if self.rate_model:  # a codec model stores, and decodes, integers
-            latents = self._integers(latents, all_tiles)
+        latents = self._encode_tiles(all_tiles)
         checks = self._check_domain(all_tiles, latents, [len(t) for t in tiles]) if check_domain else []
         out, start = [], 0
         for (width, height, mode), grid in zip(info, grids):
@@ -378,40 +376,39 @@ class Codec:
             bands = [_resize(floats(slice(b, b + 1), slice(None), slice(None))[0], w, h) for b in range(len(source))]
             tiles = np.ascontiguousarray(np.stack(bands)[None] if c == 3 else np.stack(bands)[:, None])
             grid = (len(tiles), 1, 1)
-            latents = self._run(self.backend.encode, tiles)
-            latents = self._integers(latents, tiles) if self.rate_model else latents
+            latents = self._encode_tiles(tiles)
             check = self._check_domain(tiles, latents, [len(tiles)])[0] if check_domain else None
             z = latents.reshape(*grid, dim).astype(np.float32)
             return Encoded(z, im.width, im.height, mode, fit, self.loaded.name, self.loaded.weights_sha256), check
         ty, tx = math.ceil(im.height / h), math.ceil(im.width / w)
         z = np.empty((len(planes), ty, tx, dim), np.float32)
-        rows_per, cols_per = max(1, STRIP_TILES // tx), min(tx, STRIP_TILES)
         sample = None  # the image's highest-contrast tiles so far: (contrast, index, tiles, latents)
         for p, bands in enumerate(planes):
-            for r in range(0, ty, rows_per):
-                nr = min(rows_per, ty - r)
-                for q in range(0, tx, cols_per):
-                    nc = min(cols_per, tx - q)
-                    block = floats(bands, slice(r * h, (r + nr) * h), slice(q * w, (q + nc) * w))
-                    block = np.pad(block, ((0, 0), (0, nr * h - block.shape[1]), (0, nc * w - block.shape[2])),
-                                   mode="edge")  # as the whole image is padded: its last row and column repeated
-                    tiles = np.ascontiguousarray(block.reshape(c, nr, h, nc, w).transpose(1, 3, 0, 2, 4)
-                                                 .reshape(nr * nc, c, h, w))
-                    latents = self._run(self.backend.encode, tiles)
-                    latents = self._integers(latents, tiles) if self.rate_model else latents
-                    z[p, r:r + nr, q:q + nc] = latents.reshape(nr, nc, dim)
-                    if check_domain:
-                        index = (p * ty * tx + (r + np.arange(nr))[:, None] * tx + q + np.arange(nc)[None]).reshape(-1)
-                        found = (tiles.reshape(len(tiles), -1).var(1), index, tiles, latents)
-                        if sample is not None:
-                            found = tuple(np.concatenate([a, b]) for a, b in zip(sample, found))
-                        keep = np.lexsort((found[1], -found[0]))[:SAMPLE_TILES]
-                        sample = tuple(a[np.sort(keep)] for a in found)
+            for r, nr, q, nc in _blocks(ty, tx):
+                block = floats(bands, slice(r * h, (r + nr) * h), slice(q * w, (q + nc) * w))
+                block = np.pad(block, ((0, 0), (0, nr * h - block.shape[1]), (0, nc * w - block.shape[2])),
+                               mode="edge")  # as the whole image is padded: its last row and column repeated
+                tiles = np.ascontiguousarray(block.reshape(c, nr, h, nc, w).transpose(1, 3, 0, 2, 4)
+                                             .reshape(nr * nc, c, h, w))
+                latents = self._encode_tiles(tiles)
+                z[p, r:r + nr, q:q + nc] = latents.reshape(nr, nc, dim)
+                if check_domain:
+                    index = (p * ty * tx + (r + np.arange(nr))[:, None] * tx + q + np.arange(nc)[None]).reshape(-1)
+                    found = (tiles.reshape(len(tiles), -1).var(1), index, tiles, latents)
+                    if sample is not None:
+                        found = tuple(np.concatenate([a, b]) for a, b in zip(sample, found))
+                    keep = np.lexsort((found[1], -found[0]))[:SAMPLE_TILES]
+                    sample = tuple(a[np.sort(keep)] for a in found)
         check = None
         if check_domain:  # sorted by index: `_check_domain` picks these same tiles among them
             order = np.argsort(sample[1])
             check = self._check_domain(sample[2][order], sample[3][order], [len(order)])[0]
         return Encoded(z, im.width, im.height, mode, fit, self.loaded.name, self.loaded.weights_sha256), check
+
+    def _encode_tiles(self, tiles: np.ndarray) -> np.ndarray:
+        """The latents of `tiles`: integers for a codec model, which stores and decodes them."""
+        latents = self._run(self.backend.encode, tiles)
+        return self._integers(latents, tiles) if self.rate_model else latents
 
     def _integers(self, latents: np.ndarray, tiles: np.ndarray) -> np.ndarray:
         if not self.rdo_sweeps:
@@ -592,21 +589,27 @@ class Codec:
                         _to_8bit(np.asarray(strip), out[j, y:y + STRIP_ROWS])
                     del band
                 continue
-            rows_per, cols_per = max(1, STRIP_TILES // tx), min(tx, STRIP_TILES)
-            for r in range(0, ty, rows_per):
-                for q in range(0, tx, cols_per):
-                    block = tiles_of(plane, slice(r, r + rows_per), slice(q, q + cols_per))
-                    nr, nc = block.shape[:2]
-                    strip = block.transpose(2, 0, 3, 1, 4).reshape(c, nr * h, nc * w)
-                    y0, x0 = r * h, q * w
-                    y1, x1 = min(y0 + nr * h, enc.height), min(x0 + nc * w, enc.width)
-                    _to_8bit(strip[:, :y1 - y0, :x1 - x0], out[:, y0:y1, x0:x1])
+            for r, nr, q, nc in _blocks(ty, tx):
+                block = tiles_of(plane, slice(r, r + nr), slice(q, q + nc))
+                strip = block.transpose(2, 0, 3, 1, 4).reshape(c, nr * h, nc * w)
+                y0, x0 = r * h, q * w
+                y1, x1 = min(y0 + nr * h, enc.height), min(x0 + nc * w, enc.width)
+                _to_8bit(strip[:, :y1 - y0, :x1 - x0], out[:, y0:y1, x0:x1])
         im = Image.fromarray(pixels[:, :, 0] if p * c == 1 else pixels)  # L, LA, RGB or RGBA by its bands
         return im.convert("1", dither=Image.Dither.NONE) if enc.mode == "1" else im
 
 
 STRIP_TILES = 4096  # tiles decoded at once: about 13 MB of float pixels a channel
 STRIP_ROWS = 256    # rows of a resized float band turned into 8 bits at once
+
+
+def _blocks(ty: int, tx: int):
+    """(row, rows, column, columns) of the blocks of a ty x tx tile grid, each at most STRIP_TILES tiles: whole
+    rows of tiles where a row fits, else pieces of one row."""
+    rows_per, cols_per = max(1, STRIP_TILES // tx), min(tx, STRIP_TILES)
+    for r in range(0, ty, rows_per):
+        for q in range(0, tx, cols_per):
+            yield r, min(rows_per, ty - r), q, min(cols_per, tx - q)
 
 
 def _to_8bit(values: np.ndarray, out: np.ndarray) -> None:
