@@ -127,14 +127,16 @@ def test_ctrl_c_on_the_driver_cancels_then_a_rerun_resumes(tmp_path, mnist_root,
     assert cut
     wait_for(lambda: not any((runs / s / ".lease.json").exists() for s in cut), timeout=60,
              what="the cancelled tasks to let go of their runs")
-    assert all((runs / s / "checkpoint.pt").is_file() for s in cut)
+    # a task cancelled while it still loaded its data had no training to keep; one cut in its loop keeps it
+    trained = [s for s in cut if (runs / s / "metrics.jsonl").is_file()]
+    assert trained and all((runs / s / "checkpoint.pt").is_file() for s in trained)
     r = kaec(*args, "--json", env=env)
     assert r.returncode == 0, r.stderr
     assert [s["status"] for s in json.loads(r.stdout)] == ["finished"] * 4
     for s in SLUGS:
         tries = attempts(runs / s)
         assert len(tries) == (2 if s in cut else 1), s
-        if s in cut:
+        if s in trained:
             assert tries[1]["resumed_from"] > 0
         check_metrics_complete(runs / s, max_inputs=LONG_INPUTS)
 
