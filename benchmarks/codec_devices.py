@@ -24,10 +24,10 @@ import time
 import numpy as np
 from PIL import Image
 
-from kaecompress.codec import Codec
-from kaecompress.data import load_images
-from kaecompress.codecstats import to_pixels
-from kaecompress.metrics import psnr_8bit
+from kaecompress.codec.images import Codec
+from kaecompress.experiments.data import load_images
+from kaecompress.experiments.codecstats import to_pixels
+from kaecompress.evaluation.metrics import psnr_8bit
 from kaecompress.zoo import families, load_model
 
 

@@ -35,8 +35,8 @@ def latents(name: str):
     and unrounded."""
     import torch
 
-    from kaecompress.data import load_images
-    from kaecompress.codecstats import psnr_8bit, to_pixels
+    from kaecompress.experiments.data import load_images
+    from kaecompress.experiments.codecstats import psnr_8bit, to_pixels
     from kaecompress.zoo import load_model
 
     loaded = load_model(name)

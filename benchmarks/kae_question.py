@@ -13,10 +13,10 @@ import argparse
 import json
 from pathlib import Path
 
-from kaecompress import bdrate
-from kaecompress.config import load_experiment
-from kaecompress.rd import load_dataset, model_files, score
-from kaecompress.sweep import run_dir
+from kaecompress.evaluation import bdrate
+from kaecompress.experiments.config import load_experiment
+from kaecompress.evaluation.rd import load_dataset, model_files, score
+from kaecompress.experiments.sweep import run_dir
 from kaecompress.zoo import load_run
 
 ROOT = Path(__file__).resolve().parents[1]

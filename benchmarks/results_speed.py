@@ -41,10 +41,10 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
 
-    from kaecompress import runs
-    from kaecompress.config import load_experiment
-    from kaecompress.sweep import run_dir
-    from kaecompress.train import train_run
+    from kaecompress.experiments import runs
+    from kaecompress.experiments.config import load_experiment
+    from kaecompress.experiments.sweep import run_dir
+    from kaecompress.experiments.train import train_run
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -60,7 +60,7 @@ def main() -> None:
             shutil.copytree(source, target)
             runs.atomic_write_json(target / runs.SUMMARY, {**summary, "matrix_id": r.matrix_id, "recipe": r.recipe(),
                                                           "matrix_slug": r.matrix_slug, "matrix": r.matrix})
-        from kaecompress.results import results_table
+        from kaecompress.experiments.results import results_table
 
         statuses = {row["status"] for row in results_table(exp, root).rows}
         assert statuses == {"finished"}, f"the copied runs must all read as finished, got {statuses}"

@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from kaecompress.config import load_experiment
-from kaecompress.data import load_images
-from kaecompress.sweep import run_sweep
-from kaecompress.train import build_model, build_optimizer
+from kaecompress.experiments.config import load_experiment
+from kaecompress.experiments.data import load_images
+from kaecompress.experiments.sweep import run_sweep
+from kaecompress.experiments.train import build_model, build_optimizer
 
 CONFIG = """experiment_name: overhead
 data: {{dataset: mnist}}

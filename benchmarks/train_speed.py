@@ -20,10 +20,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from kaecompress.data import load_images
-from kaecompress.layers import LiteralKAELayer
-from kaecompress.models import CNNKAE
-from kaecompress.train import make_optimizer
+from kaecompress.experiments.data import load_images
+from kaecompress.nn.layers import LiteralKAELayer
+from kaecompress.nn.models import CNNKAE
+from kaecompress.experiments.train import make_optimizer
 
 
 def make(kind: str) -> CNNKAE:

@@ -6,7 +6,7 @@ interleave the thread counts so that load from elsewhere hits both alike, and th
 "as found" runs on the machine with whatever else it is doing (the load average is printed before and
 after: an idle machine shows about 0); "+1 busy" adds one process spinning on the CPU for the whole round,
 as another job would.
-The ratio 1-thread / 2-thread is what `kaecompress.resources.default_threads` is chosen from.
+The ratio 1-thread / 2-thread is what `kaecompress.experiments.resources.default_threads` is chosen from.
 
     python benchmarks/train_threads.py [--rounds 3] [--inputs 6400] [--json out.json]
 """
@@ -25,9 +25,9 @@ ROUND = r"""
 import sys, time
 import torch, torch.nn.functional as F
 torch.set_num_threads(int(sys.argv[1]))
-from kaecompress.data import load_images
-from kaecompress.models import CNNKAE
-from kaecompress.train import make_optimizer
+from kaecompress.experiments.data import load_images
+from kaecompress.nn.models import CNNKAE
+from kaecompress.experiments.train import make_optimizer
 inputs = int(sys.argv[2])
 images = load_images("mnist", True, None)[:inputs]
 torch.manual_seed(0)

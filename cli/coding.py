@@ -87,9 +87,9 @@ def encode(
     """Compress images to latents. A sample of each image's tiles is decoded again, and an image that
     reconstructs far worse than the model's own test images gets a one-line warning."""
     from kaecompress.cli.progress import SearchProgress
-    from kaecompress.codec import Codec, check_backend, open_image
-    from kaecompress.containers import FITS, QUANTS, SUFFIXES, serialize
-    from kaecompress.data import IMAGE_SUFFIXES
+    from kaecompress.codec.images import Codec, check_backend, open_image
+    from kaecompress.codec.containers import FITS, QUANTS, SUFFIXES, serialize
+    from kaecompress.experiments.data import IMAGE_SUFFIXES
 
     if quant not in QUANTS:
         raise KaecError(f"--quant: expected one of {', '.join(QUANTS)}, got {quant!r}")
@@ -144,7 +144,7 @@ def _set_threads() -> None:
     """torch's default of one thread per core is far slower on a machine other processes keep busy."""
     import torch
 
-    from kaecompress.bench import default_threads
+    from kaecompress.evaluation.bench import default_threads
 
     torch.set_num_threads(default_threads())
 
@@ -164,7 +164,7 @@ def _warn_outside(codec, files: list[Path], rows: list[dict]) -> None:
     """One line on stderr per image that reconstructs far below the model's own test figure (at most 5)."""
     import sys
 
-    from kaecompress.codec import domain_of
+    from kaecompress.codec.images import domain_of
 
     outside = []
     for src, row, check in zip(files, rows, codec.domain_checks):
@@ -192,9 +192,9 @@ def decode(
     as_json: bool = JSON,
 ) -> None:
     """Decompress latents to PNG images (original size and mode)."""
-    from kaecompress.codec import Codec, check_backend
-    from kaecompress.bitstream import precheck
-    from kaecompress.containers import SUFFIXES, read_input
+    from kaecompress.codec.images import Codec, check_backend
+    from kaecompress.codec.bitstream import precheck
+    from kaecompress.codec.containers import SUFFIXES, read_input
 
     check_backend(backend, device)
     files = _inputs(inputs, SUFFIXES)
@@ -246,7 +246,7 @@ def decode(
 def _check_tiles(files: list[Path], images: list, fit: str, tile: tuple[int, int], max_pixels: int) -> None:
     """An image too thin for its tiles (see containers.check_tiles) is refused before it is encoded, as its
     file would be when decoded."""
-    from kaecompress.containers import check_tiles
+    from kaecompress.codec.containers import check_tiles
 
     if fit != "tile":
         return
@@ -257,7 +257,7 @@ def _check_tiles(files: list[Path], images: list, fit: str, tile: tuple[int, int
 def _shipped_layout(spec: str):
     """The layout of the shipped model `spec` from its card alone (no torch); None for a run folder or a
     checkpoint, or a card too damaged to say (loading the model then gives the precise error)."""
-    from kaecompress.codec import Layout
+    from kaecompress.codec.images import Layout
     from kaecompress.zoo import cards
 
     card = cards().get(spec)
@@ -270,7 +270,7 @@ def _shipped_layout(spec: str):
 def _read_files(files: list[Path], data: dict, layout, max_pixels: int) -> dict:
     """Version-1 .kae, .npz and .npy files read and checked against the model's `layout`; version-2 files
     checked as far as they can be without its probability tables (header, layout, pixels, checksum)."""
-    from kaecompress.containers import read
+    from kaecompress.codec.containers import read
 
     found = {}
     for p in files:
@@ -283,11 +283,11 @@ def _read_files(files: list[Path], data: dict, layout, max_pixels: int) -> dict:
 
 def _model_of(path: Path, data: bytes) -> str | None:
     """The shipped model a .kae/.npz file (its bytes `data`) was encoded with, if it names one we have."""
-    from kaecompress.containers import from_kae
+    from kaecompress.codec.containers import from_kae
     from kaecompress.zoo import find_by_hash
 
     if _is_v2(path, data):
-        from kaecompress import bitstream
+        from kaecompress.codec import bitstream
         from kaecompress.zoo import by_codec_id
 
         header = bitstream.parse_header(data, str(path))
@@ -300,7 +300,7 @@ def _model_of(path: Path, data: bytes) -> str | None:
     if path.suffix.lower() == ".kae":  # a damaged .kae is reported as such, before any model is loaded
         return find_by_hash(from_kae(data, str(path))[0].weights_sha256)
     if path.suffix.lower() == ".npz":
-        from kaecompress.containers import npz_weights_id
+        from kaecompress.codec.containers import npz_weights_id
 
         return find_by_hash(npz_weights_id(data, str(path)) or "")
     return None

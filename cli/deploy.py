@@ -34,7 +34,7 @@ def export_command(
         if source is None or output is None:
             raise KaecError("export: give a SOURCE (run folder, checkpoint or model name) and -o OUTDIR")
         check_formats(formats or FORMATS)
-    from kaecompress.data import load_images
+    from kaecompress.experiments.data import load_images
     from kaecompress.exporters import export, read_manifest, verify_dir
     from kaecompress.zoo import load_model
 
@@ -73,9 +73,9 @@ def bench(
 ) -> None:
     """Benchmark compress (encoder) and decompress (decoder) in onnxruntime against PyTorch, TorchScript and
     Pillow's JPEG, WebP and PNG, on real test images."""
-    from kaecompress.bench import run_bench
+    from kaecompress.evaluation.bench import run_bench
     from kaecompress.cli.progress import console, out, runs_table
-    from kaecompress.runs import atomic_write_json
+    from kaecompress.experiments.runs import atomic_write_json
     from kaecompress.zoo import DEFAULT_MODEL, load_model
 
     try:

@@ -45,9 +45,9 @@ def train(
     """Train every run of an experiment: finished runs are skipped, interrupted ones resume."""
     import os
 
-    from kaecompress.config import check_device, load_experiment
-    from kaecompress.resources import check_memory, parse_size
-    from kaecompress.sweep import run_dir, select
+    from kaecompress.experiments.config import check_device, load_experiment
+    from kaecompress.experiments.resources import check_memory, parse_size
+    from kaecompress.experiments.sweep import run_dir, select
 
     from kaecompress.cli.progress import SweepProgress, out, plural, runs_table
 
@@ -61,12 +61,12 @@ def train(
     if device:
         check_device(device, "--device")
     check_memory(selected, limit)
-    from kaecompress.workers import parse_workers
+    from kaecompress.experiments.workers import parse_workers
 
     n_workers = parse_workers(workers, runs_per_gpu)
     if dry_run:  # rejects what a real run would reject at once
-        from kaecompress.runlock import describe, holder
-        from kaecompress.sweep import plan
+        from kaecompress.experiments.runlock import describe, holder
+        from kaecompress.experiments.sweep import plan
 
         states = plan(selected, runs_dir, device)
         rows = [{"matrix_id": r.matrix_id, "matrix_slug": r.matrix_slug, "status": status,
@@ -82,7 +82,7 @@ def train(
                                      title=f"{plural(len(rows), 'run')} of {config}"))
         return
 
-    from kaecompress.sweep import run_sweep
+    from kaecompress.experiments.sweep import run_sweep
 
     executor, display = None, SweepProgress(len(selected), quiet=as_json)
     if ray is not None or n_workers > 1:  # several runs at once: one display for all of them
@@ -90,11 +90,11 @@ def train(
 
         display = WorkersProgress(selected, quiet=as_json)
         if ray is not None:
-            from kaecompress.raysweep import RayCluster
+            from kaecompress.experiments.raysweep import RayCluster
 
             executor = RayCluster(None if ray == "auto" else ray, on_event=display.on_event)
         else:
-            from kaecompress.workers import LocalWorkers
+            from kaecompress.experiments.workers import LocalWorkers
 
             executor = LocalWorkers(n_workers, threads=threads, runs_per_gpu=runs_per_gpu, on_event=display.on_event)
     with display as progress:
@@ -112,7 +112,7 @@ def train(
                                         "throughput", "train time", "ratio"],
                                  title=f"{exp.path}: {plural(len(rows), 'run')} ({len(report.skipped)} already "
                                        "done)"))
-    for line in report.busy:  # left to the process that holds them (kaecompress.runlock)
+    for line in report.busy:  # left to the process that holds them (kaecompress.experiments.runlock)
         print(f"skipped {line}", file=sys.stderr)
     if report.diverged:
         print(f"{plural(len(report.diverged), 'run')} diverged: {', '.join(report.diverged)}", file=sys.stderr)
@@ -151,12 +151,12 @@ def results(
     hide_constant: bool = typer.Option(False, "--hide-constant", help="Leave out columns that never change."),
 ) -> None:
     """Print the experiment's results table (unfinished and diverged runs included, marked as such)."""
-    from kaecompress.config import load_experiment
-    from kaecompress.results import FORMATS, results_table
+    from kaecompress.experiments.config import load_experiment
+    from kaecompress.experiments.results import FORMATS, results_table
 
     if fmt not in FORMATS:
         raise KaecError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
-    from kaecompress.sweep import run_dir
+    from kaecompress.experiments.sweep import run_dir
 
     exp = load_experiment(config)
     if not any(run_dir(runs_dir, r).parent.is_dir() for r in exp.runs):  # likelier a mistyped --runs-dir
@@ -181,14 +181,14 @@ def plot(
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset root for --recon."),
 ) -> None:
     """Plot loss curves of an experiment's runs, or a reconstruction grid."""
-    from kaecompress.config import load_experiment
-    from kaecompress.sweep import run_dir, select
+    from kaecompress.experiments.config import load_experiment
+    from kaecompress.experiments.sweep import run_dir, select
 
     selected = select(load_experiment(config), only)
     if recon:
-        from kaecompress.data import load_images
-        from kaecompress.plots import plot_reconstructions
-        from kaecompress.runs import run_status
+        from kaecompress.experiments.data import load_images
+        from kaecompress.experiments.plots import plot_reconstructions
+        from kaecompress.experiments.runs import run_status
         from kaecompress.zoo import load_run
 
         done = [r for r in selected if run_status(run_dir(runs_dir, r), r.recipe()) == "finished"][:8]
@@ -199,7 +199,7 @@ def plot(
         models = [(r.matrix_slug, load_run(run_dir(runs_dir, r)).model) for r in done]
         path = plot_reconstructions(models, val[:images], output)
     else:
-        from kaecompress.plots import plot_curves
+        from kaecompress.experiments.plots import plot_curves
 
         path = plot_curves(selected, runs_dir, output, color_by=color_by, log=log)
     print(path)

@@ -60,8 +60,8 @@ def rd(
 ) -> None:
     """Rate–distortion of our models against JPEG, WebP, AVIF and PNG: bytes of the whole file, PSNR, SSIM,
     times, and BD-rate of every model family against every codec."""
-    from kaecompress.bdrate import METHODS
-    from kaecompress.rd import DEFAULT_CODECS, compare, load_json, plot, run_rd, write_json, write_json_dir
+    from kaecompress.evaluation.bdrate import METHODS
+    from kaecompress.evaluation.rd import DEFAULT_CODECS, compare, load_json, plot, run_rd, write_json, write_json_dir
 
     chosen = [c.strip().lower() for spec in (codecs or DEFAULT_CODECS) for c in spec.split(",") if c.strip()]
     _check_outputs(json_path, json_dir, plot_path)
@@ -140,7 +140,7 @@ def _print(result) -> None:
                     codec_bytes = ""
                 same_rows.append({"name": s["model"], "codec": row["anchor"], "PSNR dB": f"{s['psnr']:.2f}",
                                   "bytes": f"{s['bytes']:,.1f}", "codec bytes at that PSNR": codec_bytes})
-    from kaecompress.bdrate import DESCRIPTION
+    from kaecompress.evaluation.bdrate import DESCRIPTION
 
     if bd_rows:
         out.print(runs_table(bd_rows, ["name", "codec", "BD-rate %", "BD-PSNR dB", "PSNR range", "status"],

@@ -11,7 +11,7 @@ from kaecompress.cli.progress import console, plural
 
 
 class WorkersProgress:
-    """Feeds on the executors' events (kaecompress.workers.LocalWorkers, kaecompress.raysweep.RayCluster)."""
+    """Feeds on the executors' events (kaecompress.experiments.workers.LocalWorkers, kaecompress.experiments.raysweep.RayCluster)."""
 
     def __init__(self, selected: list, quiet: bool = False) -> None:
         self.selected = selected

@@ -20,12 +20,12 @@ from kaecompress.errors import KaecError
 from kaecompress.exporters.manifest import (ARTEFACTS, EXTENSIONS, FORMATS, MANIFEST, PARTS, check_files,
                                             read_listed, read_manifest)
 from kaecompress.fileio import public_mode
-from kaecompress.runs import atomic_write_json
+from kaecompress.experiments.runs import atomic_write_json
 
 if TYPE_CHECKING:  # torch is imported where it is used: reading a manifest needs none of it
     import torch
 
-    from kaecompress.models import CNNKAE
+    from kaecompress.nn.models import CNNKAE
 
 TOLERANCE = 1e-4
 BATCH_SIZES = (1, 37)
@@ -138,7 +138,7 @@ def export(model: CNNKAE, out_dir: str | Path, formats: Iterable[str] = FORMATS,
         raise KaecError(f"{out_dir}: folder {out_dir.parent} does not exist")
     if len(images) < max(BATCH_SIZES):
         raise KaecError(f"verification needs at least {max(BATCH_SIZES)} images, got {len(images)}")
-    from kaecompress.models import weights_sha256 as hash_weights
+    from kaecompress.nn.models import weights_sha256 as hash_weights
 
     model = model.eval()
     weights_sha256 = weights_sha256 or hash_weights(model)
@@ -224,7 +224,7 @@ def verify_dir(folder: str | Path, model: CNNKAE, images: torch.Tensor) -> dict:
     """Re-check an export folder: its manifest, every listed file's size and sha256, then each artefact's
     outputs against `model`. Only the files the manifest lists are read, and each is loaded from the very
     bytes whose sha256 was checked."""
-    from kaecompress.models import weights_sha256 as hash_weights
+    from kaecompress.nn.models import weights_sha256 as hash_weights
 
     folder = Path(folder)
     manifest = read_manifest(folder)

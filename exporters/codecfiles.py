@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from kaecompress.exporters.manifest import CODEC_FILES, DECODER, TABLES
-from kaecompress.rangecoder import ESCAPE_CLASSES, IntegerTables
+from kaecompress.codec.rangecoder import ESCAPE_CLASSES, IntegerTables
 
 
 
@@ -24,7 +24,7 @@ def write_codec_files(folder: Path, tables: IntegerTables, codec_id: int | None,
     bundle = "onnx" if with_decoder else formats[0]
     buf = io.BytesIO()
     arrays = tables.to_arrays()
-    if context is not None:  # a kaecompress.context.LinearContext
+    if context is not None:  # a kaecompress.codec.context.LinearContext
         arrays.update({f"context_{k}": v for k, v in context.to_arrays().items()})
     np.savez(buf, **arrays)
     (folder / TABLES).write_bytes(buf.getvalue())

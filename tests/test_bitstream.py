@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kaecompress import KaecError, bitstream, containers
-from kaecompress.rangecoder import IntegerTables
+from kaecompress import KaecError
+
+from kaecompress.codec import bitstream, containers
+from kaecompress.codec.rangecoder import IntegerTables
 
 from conftest import isolated_python
 from test_rangecoder import laplace_symbols, laplace_tables
@@ -315,9 +317,9 @@ def make_golden_pixels() -> None:
     import onnxruntime
     import torch
 
-    from kaecompress.data import load_images
+    from kaecompress.experiments.data import load_images
     from kaecompress.exporters import export
-    from kaecompress.models import CNNKAE
+    from kaecompress.nn.models import CNNKAE
 
     torch.manual_seed(0)
     model = CNNKAE(latent_dim=16, channels=[2], kernel_size=7, decoder_kae_order=2, output_activation="sigmoid")
@@ -337,8 +339,8 @@ def make_golden_pixels() -> None:
 
 def _library_decode(path: Path):
     """kaecompress's own decode of a golden file with the golden export: bitstream, onnxruntime, assembly."""
-    from kaecompress.codec import Codec, OnnxBackend
-    from kaecompress.containers import Encoded
+    from kaecompress.codec.images import Codec, OnnxBackend
+    from kaecompress.codec.containers import Encoded
 
     data = path.read_bytes()
     header, symbols = _read(data, _golden_tables())
@@ -446,7 +448,7 @@ def test_a_codec_model_exports_its_own_tables(mnist_val, tmp_path):
     import torch
 
     from kaecompress.exporters import export
-    from kaecompress.models import CNNKAE
+    from kaecompress.nn.models import CNNKAE
 
     torch.manual_seed(0)
     model = CNNKAE(latent_dim=8, channels=[4], kernel_size=7, decoder_kae_order=2, output_activation="sigmoid",
@@ -461,8 +463,8 @@ def test_a_codec_model_exports_its_own_tables(mnist_val, tmp_path):
 
 def _library_pixels(run, symbols, header, backend, monkeypatch, tmp_path):
     """What kaecompress decodes from the latent integers: its Codec on the given backend, as a uint8 array."""
-    from kaecompress.codec import Codec
-    from kaecompress.containers import Encoded
+    from kaecompress.codec.images import Codec
+    from kaecompress.codec.containers import Encoded
     from kaecompress.zoo import load_model
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))

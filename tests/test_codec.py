@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 
 from kaecompress import KaecError
-from kaecompress.codec import Codec
-from kaecompress.containers import from_kae, to_kae
+from kaecompress.codec.images import Codec
+from kaecompress.codec.containers import from_kae, to_kae
 from kaecompress.zoo import load_model
 
 from conftest import kaec
@@ -162,7 +162,7 @@ def test_damaged_weights_are_refused(env, zoo, tmp_path):
 def test_headers_that_do_not_describe_an_image_are_refused(env, mnist_val, tmp_path):
     import io
 
-    from kaecompress.containers import Encoded, read, to_npz
+    from kaecompress.codec.containers import Encoded, read, to_npz
 
     codec = Codec(load_model("tiny-a"))
     enc = codec.compress(digit(mnist_val))
@@ -227,7 +227,7 @@ def test_a_damaged_export_cache_is_rebuilt(env, mnist_val, mnist_root, tmp_path)
 def test_large_images_in_strips_match_the_whole_image_path(monkeypatch, mode, size):
     """Issue 26 case 10: images over STRIP_TILES tiles are encoded and decoded a strip at a time. With tiny
     strips (rows and columns split) the latents, the domain check and the pixels equal the one-pass path's."""
-    import kaecompress.codec as codec_module
+    import kaecompress.codec.images as codec_module
 
     codec = Codec(load_model("mnist-q2"))
     rng = np.random.default_rng(len(mode))

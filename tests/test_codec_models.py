@@ -12,7 +12,7 @@ from PIL import Image
 from conftest import isolated_python, kaec
 from test_train import StopAt
 
-from kaecompress import rangecoder
+from kaecompress.codec import rangecoder
 from kaecompress.errors import KaecError
 
 CODEC = """
@@ -28,7 +28,7 @@ LAMBDAS = (1e-5, 1e-4, 1e-3)
 
 
 def codec_config(lmbda: float, **train):
-    from kaecompress.config import build_run
+    from kaecompress.experiments.config import build_run
 
     raw = yaml.safe_load(CODEC)
     raw["codec"]["lambda"] = lmbda
@@ -39,7 +39,7 @@ def codec_config(lmbda: float, **train):
 @pytest.fixture(scope="session")
 def codec_runs(tmp_path_factory, mnist_train, mnist_val):
     """Three short rate-trained runs, one per lambda: real training on an MNIST slice."""
-    from kaecompress.train import train_run
+    from kaecompress.experiments.train import train_run
 
     home = tmp_path_factory.mktemp("codec-runs")
     summaries = {}
@@ -90,14 +90,14 @@ def test_codec_section_is_validated():
         raw = yaml.safe_load(CODEC)
         raw["codec"] = section
         with pytest.raises(KaecError, match=message.replace(".", r"\.")):
-            from kaecompress.config import build_run
+            from kaecompress.experiments.config import build_run
 
             build_run(raw, "codec.yml")
 
 
 def test_recipes_of_earlier_runs_are_unchanged():
     """stride 1, no lr drop and no codec section add nothing to a recipe: earlier runs do not turn stale."""
-    from kaecompress.config import build_run
+    from kaecompress.experiments.config import build_run
 
     raw = yaml.safe_load(CODEC)
     del raw["codec"]
@@ -112,7 +112,7 @@ def test_recipes_of_earlier_runs_are_unchanged():
 
 def test_strided_model_restores_the_input_size():
     from kaecompress.errors import KaecError
-    from kaecompress.models import CNNKAE
+    from kaecompress.nn.models import CNNKAE
 
     m = CNNKAE(latent_dim=8, channels=[4, 8], kernel_size=5, stride=2, decoder_kae_order=2, prior="factorized")
     assert m(torch.rand(3, 1, 28, 28)).shape == (3, 1, 28, 28)
@@ -126,7 +126,7 @@ def test_strided_model_restores_the_input_size():
 # ---- the prior ----------------------------------------------------------------------------------------
 
 def test_prior_masses_sum_to_one_and_tables_follow_them():
-    from kaecompress.entropy import FactorizedPrior
+    from kaecompress.nn.entropy import FactorizedPrior
 
     torch.manual_seed(0)
     prior = FactorizedPrior(4)
@@ -143,7 +143,7 @@ def test_prior_masses_sum_to_one_and_tables_follow_them():
 
 
 def test_tables_survive_a_state_dict_round_trip():
-    from kaecompress.entropy import FactorizedPrior
+    from kaecompress.nn.entropy import FactorizedPrior
 
     a = FactorizedPrior(3)
     a.freeze()
@@ -169,7 +169,7 @@ def test_bytes_and_psnr_fall_as_lambda_falls(codec_runs):
 
 def test_cosine_schedule_falls_from_lr_to_a_hundredth_and_is_validated():
     from kaecompress.errors import KaecError
-    from kaecompress.train import learning_rate
+    from kaecompress.experiments.train import learning_rate
 
     cfg = codec_config(1e-3, lr_schedule="cosine", lr_drop_at=None)
     rates = [learning_rate(cfg, i) for i in range(0, 8001, 500)]
@@ -187,8 +187,8 @@ def test_cosine_schedule_falls_from_lr_to_a_hundredth_and_is_validated():
 def test_codec_runs_resume_to_the_same_numbers(tmp_path, mnist_train, mnist_val, schedule):
     """The rate term's noise is drawn per step from the run's seed, the learning rate is a function of the
     inputs seen: an interrupted run ends bit-identical."""
-    from kaecompress import runs
-    from kaecompress.train import train_run
+    from kaecompress.experiments import runs
+    from kaecompress.experiments.train import train_run
 
     cfg = codec_config(1e-3, max_inputs=1200, log_every=96, **schedule)
     data = dict(train_images=mnist_train[:600], val_images=mnist_val[:200])
@@ -218,8 +218,8 @@ def test_quality_picks_the_family_member_and_the_default_is_the_smallest_good_on
 def test_encode_quality_and_decode_round_trip_bit_exact(codec_env, tmp_path, mnist_val):
     """kaec encode --quality writes a v2 file of whole-file size as the card says; kaec decode gives exactly
     the pixels the library decodes from the same latent integers."""
-    from kaecompress import bitstream
-    from kaecompress.codec import Codec
+    from kaecompress.codec import bitstream
+    from kaecompress.codec.images import Codec
     from kaecompress.zoo import load_model
 
     src = digit_png(tmp_path / "d.png", mnist_val[3])
@@ -237,7 +237,7 @@ def test_encode_quality_and_decode_round_trip_bit_exact(codec_env, tmp_path, mni
 
 
 def test_many_tiles_and_colour_round_trip(codec_env, tmp_path, mnist_val):
-    from kaecompress.codec import Codec
+    from kaecompress.codec.images import Codec
     from kaecompress.zoo import load_model
 
     rgb = np.stack([(mnist_val[i][0].numpy() * 255).astype(np.uint8) for i in range(3)], -1)
@@ -257,7 +257,7 @@ def test_many_tiles_and_colour_round_trip(codec_env, tmp_path, mnist_val):
 
 
 def test_onnx_backend_decodes_within_one_level(codec_env, tmp_path, mnist_val):
-    from kaecompress.codec import Codec
+    from kaecompress.codec.images import Codec
     from kaecompress.zoo import load_model
 
     loaded = load_model("mnist-q1")
@@ -328,9 +328,9 @@ def test_float16_weights_ship_at_half_size_and_load_as_stored(codec_runs, codec_
                                                              mnist_val):
     """--float16 halves the file; the model loads the rounded weights as float32, its card measures those
     weights and names them, and its files round-trip bit-exact, at the float32 model's bytes and PSNR."""
-    from kaecompress.codec import Codec
-    from kaecompress.codecstats import measure
-    from kaecompress.data import load_images
+    from kaecompress.codec.images import Codec
+    from kaecompress.experiments.codecstats import measure
+    from kaecompress.experiments.data import load_images
     from kaecompress.zoo import load_run, load_trained
 
     home, _ = codec_runs
@@ -369,9 +369,9 @@ def test_context_model_codes_fewer_bytes_and_every_decoder_follows_it(codec_runs
     """promote --context: the card's bytes fall below the same model's without one, at the same PSNR; kaec
     encode / decode round-trip the latents bit-exact; the exported reference decoder, in a process that cannot
     import kaecompress, gives kaec decode's pixels (onnx backend)."""
-    from kaecompress.codec import Codec
-    from kaecompress.codecstats import measure
-    from kaecompress.data import load_images
+    from kaecompress.codec.images import Codec
+    from kaecompress.experiments.codecstats import measure
+    from kaecompress.experiments.data import load_images
     from kaecompress.zoo import load_trained
 
     home, _ = codec_runs
@@ -418,8 +418,8 @@ GOLDEN_CASES = (("mnist-q3", "mnist", (0, 1, 2)), ("fashion-q3", "fashion-mnist"
 
 def write_golden() -> None:
     """Regenerate the shipped models' golden files (only on purpose: a new model or format)."""
-    from kaecompress.codec import Codec
-    from kaecompress.data import load_images
+    from kaecompress.codec.images import Codec
+    from kaecompress.experiments.data import load_images
     from kaecompress.zoo import load_model
 
     GOLDEN.mkdir(parents=True, exist_ok=True)
@@ -441,7 +441,7 @@ def test_golden_files_of_shipped_models_decode_bit_exact(model, tmp_path):
     """Committed .kae files of the shipped models: encoding their source images gives the same bytes, and
     `kaec decode` gives the committed pixels bit for bit (this platform, the torch backend), within one
     level on onnxruntime."""
-    from kaecompress.codec import Codec
+    from kaecompress.codec.images import Codec
     from kaecompress.zoo import load_model
 
     files = sorted(p for p in GOLDEN.glob(f"{model}-*.kae") if re.fullmatch(rf"{model}-(\d+|row)", p.stem))
@@ -471,7 +471,7 @@ def test_a_file_whose_latents_restore_beyond_32_bits_is_refused(tmp_path):
     """A crafted file of a shipped context model (mnist-q6), sound checksum and all, whose residuals restore
     to latents beyond the 32-bit bound: one line naming it, exit 2, nothing written; the good file beside it
     in the same call does not hide it."""
-    from kaecompress import bitstream
+    from kaecompress.codec import bitstream
     from kaecompress.zoo import load_model
 
     loaded = load_model("mnist-q6")

@@ -2,7 +2,7 @@ import pytest
 import yaml
 
 from kaecompress import KaecError
-from kaecompress.config import build_run, expand, load_experiment
+from kaecompress.experiments.config import build_run, expand, load_experiment
 
 from conftest import TINY
 

@@ -1,10 +1,10 @@
-"""The linear context model: exact integer arithmetic, fitting, bounds (kaecompress.context)."""
+"""The linear context model: exact integer arithmetic, fitting, bounds (kaecompress.codec.context)."""
 
 import numpy as np
 import pytest
 
-from kaecompress import context
-from kaecompress.context import SHIFT, LinearContext
+from kaecompress.codec import context
+from kaecompress.codec.context import SHIFT, LinearContext
 from kaecompress.errors import KaecError
 
 

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from kaecompress import KaecError
-from kaecompress.data import _NumpyOnlyUnpickler, load_images, prepare
+from kaecompress.experiments.data import _NumpyOnlyUnpickler, load_images, prepare
 
 
 def test_mnist_is_prepared_offline_in_the_torchvision_layout(mnist_root, mnist_train, mnist_val):

@@ -10,9 +10,11 @@ import onnx.inliner
 import pytest
 import torch
 
-from kaecompress import KaecError, runs
+from kaecompress import KaecError
+
+from kaecompress.experiments import runs
 from kaecompress.exporters import MANIFEST, export, verify_dir
-from kaecompress.train import load_checkpoint
+from kaecompress.experiments.train import load_checkpoint
 from kaecompress.zoo import load_run
 
 from conftest import TINY, kaec, kaec_bounded, write_config

@@ -22,9 +22,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fuzzing import FUZZ, bounded, peak_mb
-from kaecompress import bitstream, containers
-from kaecompress.codec import Codec
-from kaecompress.containers import Encoded
+from kaecompress.codec import bitstream, containers
+from kaecompress.codec.images import Codec
+from kaecompress.codec.containers import Encoded
 from kaecompress.errors import KaecError
 from kaecompress.zoo import load_model
 

@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 
 from fuzzing import FUZZ, bounded, peak_mb
 from kaecompress import KaecError
-from kaecompress.config import load_experiment
-from kaecompress.rd import Curve, Point, RDResult, compare, load_json, to_json
+from kaecompress.experiments.config import load_experiment
+from kaecompress.evaluation.rd import Curve, Point, RDResult, compare, load_json, to_json
 from kaecompress.zoo import _check_sizes, cards, check_card, safetensors_header, trained_dir
 
 CRASHERS = Path(__file__).parent / "data" / "crashers"

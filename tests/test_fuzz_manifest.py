@@ -37,7 +37,7 @@ TRAVERSING = ["../encoder.onnx", "/etc/passwd", "sub/encoder.onnx", "", ".", "..
 def fuzz_export(tmp_path_factory):
     """An untrained tiny model exported in all three formats, the manifest as written, a working copy of the
     folder the cases damage, and the memory baseline."""
-    from kaecompress.models import CNNKAE
+    from kaecompress.nn.models import CNNKAE
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kaecompress.codec import Codec
-from kaecompress.containers import MAX_PIXELS, Encoded, to_kae, to_npz
+from kaecompress.codec.images import Codec
+from kaecompress.codec.containers import MAX_PIXELS, Encoded, to_kae, to_npz
 from kaecompress.zoo import DEFAULT_MODEL, load_model
 
 from conftest import kaec, kaec_bounded
@@ -308,7 +308,7 @@ def test_a_real_90_megapixel_png(tmp_path):
 
 def test_pillow_warnings_do_not_leak(tmp_path, recwarn):
     """An image over Pillow's own 89-Mpx warning threshold, opened under a raised --max-pixels."""
-    from kaecompress.codec import open_image
+    from kaecompress.codec.images import open_image
 
     Image.new("L", (9487, 9487)).save(tmp_path / "big.png")
     im = open_image(tmp_path / "big.png", max_pixels=10 ** 9)
@@ -329,7 +329,7 @@ def test_the_pixel_limit_is_documented():
 # ---- the last-resort handler -------------------------------------------------------------------------
 
 def test_an_unexpected_error_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys, mnist_val):
-    import kaecompress.codec
+    import kaecompress.codec.images
     from kaecompress.cli import main as cli
 
     digit(mnist_val).save(tmp_path / "d.png")
@@ -337,7 +337,7 @@ def test_an_unexpected_error_is_one_line_and_exit_1(tmp_path, monkeypatch, capsy
     def broken(*a, **k):
         raise ZeroDivisionError("float division by zero")
 
-    monkeypatch.setattr(kaecompress.codec, "open_image", broken)
+    monkeypatch.setattr(kaecompress.codec.images, "open_image", broken)
     monkeypatch.setattr(sys, "argv", ["kaec", "encode", str(tmp_path / "d.png"), "-o", str(tmp_path / "z.kae")])
     with pytest.raises(SystemExit) as exit_:
         cli.main()
@@ -429,7 +429,7 @@ def _shipped_card_of(name: str) -> dict:
 def _v2_extended(mode: str, fit: str, width: int, height: int, grid: tuple[int, int, int], payload: bytes = b"",
                  model: str = "mnist-q2") -> bytes:
     """A version-2 file with an extended header naming `model` by codec id, its checksum valid."""
-    from kaecompress import bitstream
+    from kaecompress.codec import bitstream
 
     card = _shipped_card_of(model)
     flags = 1 | (bitstream.FITS.index(fit) << 1) | (bitstream.MODES.index(mode) << 2)
@@ -503,7 +503,7 @@ def test_the_largest_image_at_the_default_limit_decodes_within_the_stated_memory
     """Issue 26 case 10: the 11-byte RGBA 6324x6324 (--fit resize) file, just under the default limit, took
     2.6 GB; decoding in strips keeps it under containers.PEAK_MB (measured 1,039 MB; tile fit 1,100 MB).
     About 12 s: the one test that decodes at the default limit."""
-    from kaecompress.containers import PEAK_MB as STATED_MB
+    from kaecompress.codec.containers import PEAK_MB as STATED_MB
 
     data = _v2_extended("RGBA", "resize", 6324, 6324, (4, 1, 1))
     assert len(data) == 11 and 6324 * 6324 <= MAX_PIXELS
@@ -516,7 +516,7 @@ def test_the_largest_image_at_the_default_limit_decodes_within_the_stated_memory
 
 
 def test_the_help_states_the_memory_the_pixel_limit_allows():
-    from kaecompress.containers import PEAK_MB as STATED_MB
+    from kaecompress.codec.containers import PEAK_MB as STATED_MB
 
     for command in ("encode", "decode"):
         r = kaec(command, "--help", env={"COLUMNS": "300"})

@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kaecompress import KaecError, runs
-from kaecompress.config import MAX_RUNS, MAX_YAML_NODES, build_run, expand, load_experiment
-from kaecompress.sweep import run_dir
+from kaecompress import KaecError
+
+from kaecompress.experiments import runs
+from kaecompress.experiments.config import MAX_RUNS, MAX_YAML_NODES, build_run, expand, load_experiment
+from kaecompress.experiments.sweep import run_dir
 
 from conftest import TINY, kaec, kaec_bounded, write_config
 
@@ -248,13 +250,13 @@ def test_max_memory_changes_the_limit(tmp_path):
 
 def test_the_estimate_is_of_the_order_of_what_training_takes(tmp_path, mnist_root):
     """The study's model at its batch size: the estimate must cover the measured peak, and not by 10x."""
-    from kaecompress.resources import estimate_bytes, parameter_count
+    from kaecompress.experiments.resources import estimate_bytes, parameter_count
 
     cfg = cut_down(tmp_path, inputs=2_000)
     exp = load_experiment(cfg)
     run = exp.runs[0]
-    from kaecompress.models import count_parameters
-    from kaecompress.train import build_model
+    from kaecompress.nn.models import count_parameters
+    from kaecompress.experiments.train import build_model
 
     assert parameter_count(run.model) == count_parameters(build_model(run)) == 1_257_713
     for r in load_experiment(STUDY).runs[:64]:  # every model shape of the grid
@@ -262,8 +264,8 @@ def test_the_estimate_is_of_the_order_of_what_training_takes(tmp_path, mnist_roo
     # The child reports its own address space's peak (VmHWM): ru_maxrss survives exec on Linux, so a child
     # started from a pytest process grown large by earlier tests would report pytest's size instead.
     code = ("import re\n"
-            "from kaecompress.config import load_experiment\n"
-            "from kaecompress.train import train_run\n"
+            "from kaecompress.experiments.config import load_experiment\n"
+            "from kaecompress.experiments.train import train_run\n"
             f"run = load_experiment({str(cfg)!r}).runs[0]\n"
             f"train_run(run, {str(tmp_path / 'run')!r}, data_root={str(mnist_root)!r})\n"
             "status = open('/proc/self/status').read()\n"
@@ -363,7 +365,7 @@ def small_disk(tmp_path):
 
 
 def test_a_full_disk_during_training_fails_the_run_in_one_line_and_keeps_its_checkpoint(small_disk, mnist_root):
-    from kaecompress.train import load_checkpoint
+    from kaecompress.experiments.train import load_checkpoint
 
     cfg = write_config(small_disk.parent / "tiny.yml", TINY.replace("max_inputs: 320", "max_inputs: 600_000\n"
                                                                     "  checkpoint_every_s: 0.1"))
@@ -431,7 +433,7 @@ def test_a_damaged_summary_is_one_line_naming_it(trained_grid, tmp_path, damage,
 
 
 def test_color_by_gives_each_run_of_a_colour_its_own_line_style_marker_and_label(trained_grid, tmp_path):
-    from kaecompress.plots import curve_styles
+    from kaecompress.experiments.plots import curve_styles
 
     cfg, root = trained_grid
     text = GRID.replace("trial: [1, 2]", "trial: [1, 2, 3, 4]")

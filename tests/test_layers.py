@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from kaecompress.layers import KAELayer, LiteralKAELayer, kae_literal, kae_poly
+from kaecompress.nn.layers import KAELayer, LiteralKAELayer, kae_literal, kae_poly
 
 
 def by_hand(x, coeffs, bias):

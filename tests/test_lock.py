@@ -1,4 +1,4 @@
-"""The per-run lock (kaecompress.runlock) with real `kaec train` processes: two at once never train a run
+"""The per-run lock (kaecompress.experiments.runlock) with real `kaec train` processes: two at once never train a run
 twice, a kill -9 never blocks a run, and a dead node's lease is waited out, bounded, then taken over."""
 
 import json
@@ -124,9 +124,9 @@ def test_a_dead_nodes_lease_is_waited_out_then_taken_over(tmp_path, mnist_root, 
     """A trainer on "another node" (its own node id) is killed: its flock goes with it, but from here its
     lease is the only sign, so a plain sweep skips the run while the lease is fresh, and a task that must
     train it waits for the lease to expire (15 s here) and resumes from the checkpoint."""
-    from kaecompress.config import load_experiment
-    from kaecompress.runlock import RunLock
-    from kaecompress.sweep import run_one
+    from kaecompress.experiments.config import load_experiment
+    from kaecompress.experiments.runlock import RunLock
+    from kaecompress.experiments.sweep import run_one
 
     cfg_path = write_config(tmp_path / "grid.yml", GRID.replace("trial: [1, 2, 3]", "trial: [1]"))
     runs = tmp_path / "runs"
@@ -162,7 +162,7 @@ def test_a_dead_nodes_lease_is_waited_out_then_taken_over(tmp_path, mnist_root, 
 
 
 def test_a_task_that_must_train_gives_up_bounded_with_the_holder_named(tmp_path):
-    from kaecompress.runlock import RunBusy, RunLock
+    from kaecompress.experiments.runlock import RunBusy, RunLock
 
     held = RunLock(tmp_path / "run")
     assert held.try_acquire() is None
@@ -178,7 +178,7 @@ def test_a_task_that_must_train_gives_up_bounded_with_the_holder_named(tmp_path)
 
 
 def test_dry_run_shows_who_trains_a_run(tmp_path):
-    from kaecompress.runlock import RunLock
+    from kaecompress.experiments.runlock import RunLock
 
     cfg = write_config(tmp_path / "grid.yml", GRID)
     lock = RunLock(tmp_path / "runs" / "lockgrid" / "trial:2")

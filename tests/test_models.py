@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from kaecompress import KaecError
-from kaecompress.activations import ACTIVATIONS
-from kaecompress.layers import KAELayer
-from kaecompress.models import CNNKAE, count_parameters
+from kaecompress.nn.activations import ACTIVATIONS
+from kaecompress.nn.layers import KAELayer
+from kaecompress.nn.models import CNNKAE, count_parameters
 
 STUDY_PRINTOUT = """CNNKAE(
   (encoder): Sequential(

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from kaecompress import KaecError
-from kaecompress.rangecoder import ESCAPE_CLASSES, IntegerTables, decode, encode, ideal_bits
+from kaecompress.codec.rangecoder import ESCAPE_CLASSES, IntegerTables, decode, encode, ideal_bits
 
 
 def laplace_tables(dims=32, width=41, seed=0, precision=16):
@@ -211,7 +211,7 @@ def test_the_shortest_bytes_in_an_interval_match_trying_every_length():
     intervals and the edges (width 1, lo a multiple of a power of two, intervals ending at the top)."""
     import random
 
-    from kaecompress.rangecoder import _shortest_bytes
+    from kaecompress.codec.rangecoder import _shortest_bytes
 
     def by_trying(lo, width, total):
         for n in range(total // 8 + 1):
@@ -236,7 +236,7 @@ def test_the_shortest_bytes_in_an_interval_match_trying_every_length():
 
 def test_the_search_fallback_finds_the_same_bytes(monkeypatch):
     """Where the coder's final interval cannot be read, encode searches by decoding; same result."""
-    from kaecompress import rangecoder
+    from kaecompress.codec import rangecoder
 
     tables, scales = laplace_tables(dims=16, width=21)
     rng = np.random.default_rng(6)
@@ -275,7 +275,7 @@ def test_damaged_streams_never_hang_crash_or_overflow():
 
 
 def test_batch_functions_match_one_by_one_and_name_damage():
-    from kaecompress.rangecoder import decode_each, encode_each
+    from kaecompress.codec.rangecoder import decode_each, encode_each
 
     tables, scales = laplace_tables(dims=8, width=9)
     rng = np.random.default_rng(10)
@@ -296,8 +296,8 @@ def test_batch_functions_match_one_by_one_and_name_damage():
 def test_batch_payloads_decode_without_the_encoders_check():
     """encode_each trusts the coder's final interval (no decode per file): every payload of many peaked and
     flat rows decodes to its symbols, including rows whose coder ends with words held back for a carry."""
-    from kaecompress import rangecoder
-    from kaecompress.rangecoder import decode_each, encode_each
+    from kaecompress.codec import rangecoder
+    from kaecompress.codec.rangecoder import decode_each, encode_each
 
     models = rangecoder._get_models()
     held_back = 0
@@ -359,8 +359,8 @@ def digit_run(tmp_path_factory, mnist_train, mnist_val):
 
     import yaml
 
-    from kaecompress.config import build_run
-    from kaecompress.train import train_run
+    from kaecompress.experiments.config import build_run
+    from kaecompress.experiments.train import train_run
 
     from conftest import TINY
 

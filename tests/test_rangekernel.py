@@ -5,10 +5,12 @@ import binascii
 import numpy as np
 import pytest
 
-from kaecompress import KaecError, rangecoder
-from kaecompress.rangecoder import IntegerTables, decode_each, encode_each
+from kaecompress import KaecError
 
-rangekernel = pytest.importorskip("kaecompress.rangekernel", reason="numba is not installed")
+from kaecompress.codec import rangecoder
+from kaecompress.codec.rangecoder import IntegerTables, decode_each, encode_each
+
+rangekernel = pytest.importorskip("kaecompress.codec.rangekernel", reason="numba is not installed")
 
 
 def random_tables(rng, dims, k):
@@ -31,7 +33,7 @@ def constriction_only(monkeypatch):
 def test_the_shortest_bytes_match_the_closed_form_on_random_intervals():
     """The kernels' byte-wise rule against rangecoder._shortest_bytes (itself tested against trying every
     length), on random intervals and on low ends of a few set bytes at every depth."""
-    from kaecompress.rangecoder import _shortest_bytes
+    from kaecompress.codec.rangecoder import _shortest_bytes
 
     rng = np.random.default_rng(6)
     cases = []

@@ -1,4 +1,4 @@
-"""Rate–distortion optimised rounding (`kaecompress.rdo`, `kaec encode --rdo`): on real test digits and the
+"""Rate–distortion optimised rounding (`kaecompress.codec.rdo`, `kaec encode --rdo`): on real test digits and the
 shipped codec models, the search never raises a digit's cost, its bits are the coder's information content,
 its files decode with the plain decoder to exactly the latents it chose, and it buys PSNR, not bytes."""
 
@@ -8,9 +8,9 @@ from PIL import Image
 
 from conftest import kaec
 
-from kaecompress import rangecoder, rdo
-from kaecompress.codec import Codec
-from kaecompress.codecstats import psnr_8bit, to_pixels
+from kaecompress.codec import rangecoder, rdo
+from kaecompress.codec.images import Codec
+from kaecompress.experiments.codecstats import psnr_8bit, to_pixels
 from kaecompress.errors import KaecError
 from kaecompress.zoo import load_model
 
@@ -112,7 +112,7 @@ def test_kaec_encode_rdo_end_to_end(tmp_path, mnist_val):
 
 
 def test_kaec_rd_rdo_measures_each_codec_model_twice(mnist_root, tmp_path):
-    from kaecompress.rd import from_json, run_rd, to_json
+    from kaecompress.evaluation.rd import from_json, run_rd, to_json
 
     result = run_rd("mnist", ["mnist-q1,mnist-q3"], ["webp"], 16, qualities={"webp": [0, 50]},
                     data_root=mnist_root, rdo_sweeps=1)

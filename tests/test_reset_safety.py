@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from kaecompress import KaecError, runs
-from kaecompress.config import load_experiment
-from kaecompress.runlock import LEASE, LOCK, RunLock, attempt_log, describe, read_lease
-from kaecompress.sweep import plan
+from kaecompress import KaecError
+
+from kaecompress.experiments import runs
+from kaecompress.experiments.config import load_experiment
+from kaecompress.experiments.runlock import LEASE, LOCK, RunLock, attempt_log, describe, read_lease
+from kaecompress.experiments.sweep import plan
 
 from conftest import TINY, kaec, kaec_bounded, write_config
 
@@ -121,7 +123,7 @@ EXECUTORS = {"in-process": [], "workers": ["--workers", "2"], "ray": ["--ray"]}
 
 def hold_lock(run: Path) -> subprocess.Popen:
     """Another process that holds the run's lock (and its lease) until it is killed."""
-    code = ("import sys, time; from kaecompress.runlock import RunLock\n"
+    code = ("import sys, time; from kaecompress.experiments.runlock import RunLock\n"
             "assert RunLock(sys.argv[1], expiry=3600).try_acquire() is None\nprint('held', flush=True)\ntime.sleep(600)\n")
     holder = subprocess.Popen([sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline() == "held\n"
@@ -281,7 +283,7 @@ def test_check_inside(tmp_path, path):
 # ---- case 5: the heartbeat's age is the one the lease had when read -----------------------------------
 
 def test_the_heartbeat_age_is_taken_when_the_lease_is_read(tmp_path, monkeypatch):
-    import kaecompress.runlock as runlock
+    import kaecompress.experiments.runlock as runlock
 
     now = time.time()
     (tmp_path / LEASE).write_text(json.dumps({"pid": 7, "host": "h", "heartbeat_at": now - 12}))

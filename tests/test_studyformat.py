@@ -1,7 +1,7 @@
 import pytest
 
 from kaecompress import KaecError
-from kaecompress.config import load_experiment
+from kaecompress.experiments.config import load_experiment
 
 STUDY = "tests/data/study-cnn-kae-01.yml"
 

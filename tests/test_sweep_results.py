@@ -10,10 +10,10 @@ import time
 import pytest
 from PIL import Image
 
-from kaecompress import runs
-from kaecompress.config import load_experiment
-from kaecompress.results import results_table, to_markdown
-from kaecompress.sweep import run_dir, run_sweep
+from kaecompress.experiments import runs
+from kaecompress.experiments.config import load_experiment
+from kaecompress.experiments.results import results_table, to_markdown
+from kaecompress.experiments.sweep import run_dir, run_sweep
 
 from conftest import TINY, kaec
 
@@ -157,7 +157,7 @@ def test_a_killed_sweep_resumes_without_training_anything_twice(tmp_path, mnist_
 
 
 def load_checkpoint_inputs(directory):
-    from kaecompress.train import load_checkpoint
+    from kaecompress.experiments.train import load_checkpoint
 
     return load_checkpoint(directory / runs.CHECKPOINT)["inputs"]
 
@@ -166,7 +166,7 @@ def test_a_failing_run_does_not_stop_the_sweep(tmp_path, monkeypatch, mnist_trai
     cfg = tmp_path / "grid.yml"
     cfg.write_text(GRID)
     exp = load_experiment(cfg)
-    import kaecompress.train as train_module
+    import kaecompress.experiments.train as train_module
 
     real = train_module.train_run
 
@@ -176,7 +176,7 @@ def test_a_failing_run_does_not_stop_the_sweep(tmp_path, monkeypatch, mnist_trai
         return real(cfg, directory, **kw)
 
     monkeypatch.setattr(train_module, "train_run", flaky)
-    monkeypatch.setattr("kaecompress.data.load_images",
+    monkeypatch.setattr("kaecompress.experiments.data.load_images",
                         lambda name, train, *a, **k: (mnist_train if train else mnist_val)[:256])
     report = run_sweep(exp.runs, tmp_path / "runs")
     assert report.failed == ["trial:1_deckae:2"]

@@ -6,9 +6,11 @@ import pytest
 import torch
 import yaml
 
-from kaecompress import KaecError, runs
-from kaecompress.config import build_run
-from kaecompress.train import evaluate, load_checkpoint, train_run
+from kaecompress import KaecError
+
+from kaecompress.experiments import runs
+from kaecompress.experiments.config import build_run
+from kaecompress.experiments.train import evaluate, load_checkpoint, train_run
 
 from conftest import TINY
 
@@ -166,7 +168,7 @@ def test_optimizer_settings_it_refuses_are_a_clear_error(tmp_path, data):
 
 
 def test_an_interrupted_run_under_other_settings_is_stale_before_anything_trains(tmp_path, data):
-    from kaecompress.sweep import run_state
+    from kaecompress.experiments.sweep import run_state
 
     with pytest.raises(KeyboardInterrupt):
         train_run(tiny(), tmp_path / "run", progress=StopAt(64), **data)

@@ -8,7 +8,7 @@ import torch
 import yaml
 from PIL import Image
 
-from kaecompress.metrics import reconstruction_metrics
+from kaecompress.evaluation.metrics import reconstruction_metrics
 from kaecompress.zoo import DEFAULT_MODEL, cards, load_model
 
 from conftest import kaec

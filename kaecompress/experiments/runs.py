@@ -6,7 +6,7 @@
         checkpoint.pt    model + optimizer + progress, written atomically (resume point)
         summary.json     written last, atomically: only a run with one is finished (or diverged)
         tb/              TensorBoard scalars, when tensorboard is installed
-        attempts.jsonl   one line per training attempt (kaecompress.runlock), and its .lock and .lease.json
+        attempts.jsonl   one line per training attempt (kaecompress.experiments.runlock), and its .lock and .lease.json
 
 A run is `finished` or `diverged` only once summary.json says so. A checkpoint without a summary is an
 interrupted run that resumes; a killed process can never leave a torn file, since every write goes to a
@@ -134,7 +134,7 @@ def run_status(run_dir: Path, recipe: dict | None = None) -> str:
 
 def changed_settings(saved: dict, recipe: dict) -> list[str]:
     """The settings in which `recipe` differs from the one saved with a run (in its summary or checkpoint)."""
-    from kaecompress.config import recipe_changes, recipe_of
+    from kaecompress.experiments.config import recipe_changes, recipe_of
 
     old = saved.get("recipe") or (recipe_of(saved["config"]) if isinstance(saved.get("config"), dict) else None)
     return recipe_changes(old, recipe) if isinstance(old, dict) else []  # runs from before recipes: unknown

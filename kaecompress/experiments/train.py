@@ -21,12 +21,14 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from kaecompress import fileio, runs
-from kaecompress.config import RunConfig, check_optimizer
-from kaecompress.data import load_images
+from kaecompress import fileio
+
+from kaecompress.experiments import runs
+from kaecompress.experiments.config import RunConfig, check_optimizer
+from kaecompress.experiments.data import load_images
 from kaecompress.errors import KaecError
-from kaecompress.entropy import round_ste
-from kaecompress.models import CNNKAE, count_parameters
+from kaecompress.nn.entropy import round_ste
+from kaecompress.nn.models import CNNKAE, count_parameters
 
 CHECKPOINT_VERSION = 1
 
@@ -169,7 +171,7 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, data_root: str | Path | No
     estimate exceeds `max_memory` (default: a share of this machine's memory) is refused before anything
     is allocated. A full disk marks the run failed, keeps its last checkpoint and raises KaecError.
     """
-    from kaecompress.resources import check_memory, env_threads
+    from kaecompress.experiments.resources import check_memory, env_threads
 
     check_memory([cfg], max_memory)
     with _threads(threads or env_threads() or cfg.train.threads):
@@ -186,7 +188,7 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, data_root: str | Path | No
 @contextlib.contextmanager
 def _threads(n: int | None):
     """torch's intra-op threads for the run, put back afterwards."""
-    from kaecompress.resources import default_threads
+    from kaecompress.experiments.resources import default_threads
 
     before = torch.get_num_threads()
     torch.set_num_threads(n or default_threads())
@@ -282,7 +284,7 @@ def _train_run(cfg, run_dir, data_root, device, progress, train_images, val_imag
             model.prior.freeze()  # the integer tables every file of this model is coded with
         _save_checkpoint(ckpt_path, model, optimizer, cfg, state)
         if cfg.codec is not None:  # after the checkpoint: a failure here keeps the trained weights
-            from kaecompress.codecstats import measure
+            from kaecompress.experiments.codecstats import measure
 
             summary.update(measure(model.cpu().eval(), val_images))
     runs.atomic_write_json(run_dir / runs.SUMMARY, summary)

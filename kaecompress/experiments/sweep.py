@@ -11,8 +11,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol
 
-from kaecompress import runs
-from kaecompress.config import Experiment, RunConfig
+from kaecompress.experiments import runs
+from kaecompress.experiments.config import Experiment, RunConfig
 from kaecompress.errors import KaecError
 
 
@@ -88,7 +88,7 @@ def check_runs(selected: list[RunConfig], device: str | None = None) -> None:
         return
     import torch
 
-    from kaecompress.train import build_model, build_optimizer, resolve_device
+    from kaecompress.experiments.train import build_model, build_optimizer, resolve_device
 
     for cfg in {device or cfg.train.device: cfg for cfg in selected}.values():
         try:
@@ -115,7 +115,7 @@ def data_key(cfg: RunConfig, data_root: str | Path | None) -> tuple:
 
 def load_run_data(cfg: RunConfig, data_root: str | Path | None, cache: dict | None = None) -> tuple:
     """The run's (train, validation) images, each split loaded once per `cache`; a KaecError names the config."""
-    from kaecompress.data import load_images
+    from kaecompress.experiments.data import load_images
 
     cache = {} if cache is None else cache
     key = data_key(cfg, data_root)
@@ -131,7 +131,7 @@ def load_run_data(cfg: RunConfig, data_root: str | Path | None, cache: dict | No
 def run_one(cfg: RunConfig, directory: Path, *, wait_s: float = 0.0, data_root: str | Path | None = None,
             device: str | None = None, progress=None, images: tuple | None = None,
             on_locked: Callable[[], object] | None = None) -> Outcome:
-    """Train one run under its lock (kaecompress.runlock). A run another process holds is left to it
+    """Train one run under its lock (kaecompress.experiments.runlock). A run another process holds is left to it
     ("busy", after waiting up to `wait_s` for it to finish or for its lease to expire). Under the lock the
     run is checked again: finished meanwhile ("skipped"), trained with other settings (KaecError), and its
     data loaded here, on this node. A run that raises anything but KaecError or Ctrl-C is recorded as
@@ -140,8 +140,8 @@ def run_one(cfg: RunConfig, directory: Path, *, wait_s: float = 0.0, data_root: 
     import socket
     import time
 
-    from kaecompress.runlock import RunBusy, RunLock, attempt_log, node_id
-    from kaecompress.train import load_checkpoint, train_run
+    from kaecompress.experiments.runlock import RunBusy, RunLock, attempt_log, node_id
+    from kaecompress.experiments.train import load_checkpoint, train_run
 
     runs.check_run_dir(runs_root_of(directory, cfg), directory)  # again here: a task may run on another node
     lock = RunLock(directory)
@@ -247,7 +247,7 @@ def run_sweep(selected: list[RunConfig], runs_root: str | Path, *, reset: bool =
 def _lock_for_reset(dirs: list[Path]) -> list:
     """The held locks of the existing run folders among `dirs`; KaecError (none left held) when another
     process trains one of them."""
-    from kaecompress.runlock import RunLock, describe
+    from kaecompress.experiments.runlock import RunLock, describe
 
     held = []
     try:
@@ -291,7 +291,7 @@ class _LateProgress:
 
 
 def add_outcome(report: SweepReport, cfg: RunConfig, outcome: Outcome) -> None:
-    from kaecompress.runlock import describe
+    from kaecompress.experiments.runlock import describe
 
     kind, payload = outcome
     if kind == "busy":
@@ -311,7 +311,7 @@ def run_state(directory: Path, cfg: RunConfig) -> tuple[str, list[str]]:
     """The run's status and the settings it was trained with that `cfg` has changed since: a finished run
     by its summary, one with a checkpoint to resume (interrupted, failed) by the checkpoint. Any change
     makes it `stale`."""
-    from kaecompress.train import load_checkpoint
+    from kaecompress.experiments.train import load_checkpoint
 
     recipe = cfg.recipe()
     status = runs.run_status(directory, recipe)

@@ -14,8 +14,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kaecompress import runs
-from kaecompress.config import Experiment, slug_value
+from kaecompress.experiments import runs
+from kaecompress.experiments.config import Experiment, slug_value
 from kaecompress.errors import KaecError
 
 PARAMS, TIME, THROUGHPUT, RATIO, COUNT, STATUS = (
@@ -46,7 +46,7 @@ class Table:
 
 def collect(experiment: Experiment, runs_root: str | Path) -> Table:
     """One row per run of the experiment, finished or not."""
-    from kaecompress.sweep import run_dir
+    from kaecompress.experiments.sweep import run_dir
 
     loss = loss_column({r.train.max_inputs for r in experiment.runs})
     keys = list(experiment.matrix)

@@ -29,8 +29,8 @@ def measure(model, images: torch.Tensor, batch_size: int = 1000) -> dict:
     return the mean whole-file and payload (coded latents alone) bytes, the ideal information content and
     the mean PSNR of the decoded 8-bit pixels. `model.prior` must have its integer tables (`freeze()`), and
     codes through its context model where it has one."""
-    from kaecompress import bitstream, rangecoder
-    from kaecompress.models import weights_sha256
+    from kaecompress.codec import bitstream, rangecoder
+    from kaecompress.nn.models import weights_sha256
 
     model.eval()
     tables = model.prior.tables()

@@ -5,7 +5,7 @@ strongest settings; `.kae` through the model), is decoded back to 8-bit pixels, 
 whole file, bytes of its payload (the coded image without container headers), per-image PSNR and SSIM, and
 encode / decode time per image. Models that share a `family` on their card form one curve, ordered by
 `quality`; any other model is a curve of one point. Each model curve is then compared with each lossy codec:
-BD-rate and BD-PSNR where the curves have enough points (kaecompress.bdrate), else the codec's bytes at the
+BD-rate and BD-PSNR where the curves have enough points (kaecompress.evaluation.bdrate), else the codec's bytes at the
 model's PSNR. Nothing here is random: the same images give the same files and scores every time.
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kaecompress import bdrate
+from kaecompress.evaluation import bdrate
 from kaecompress.errors import KaecError
 
 
@@ -100,7 +100,7 @@ class RDResult:
 def load_dataset(dataset: str, count: int | None = None, data_root=None) -> list[np.ndarray]:
     """The first `count` test images as 8-bit arrays: (28, 28) for mnist / fashion-mnist; every image file
     under a folder:PATH (sorted by path), at its own size, (H, W) if grey else (H, W, 3)."""
-    from kaecompress.data import check_dataset_name, list_images, load_images
+    from kaecompress.experiments.data import check_dataset_name, list_images, load_images
 
     check_dataset_name(dataset, "--dataset")
     if count is not None and count < 1:
@@ -108,7 +108,7 @@ def load_dataset(dataset: str, count: int | None = None, data_root=None) -> list
     if not dataset.startswith("folder:"):
         x = load_images(dataset, False, data_root)[:count]
         return list(np.rint(x[:, 0].numpy() * 255.0).astype(np.uint8))
-    from kaecompress.codec import _as_array, open_image, working_mode
+    from kaecompress.codec.images import _as_array, open_image, working_mode
 
     folder = Path(dataset[len("folder:"):]).expanduser()
     if not folder.is_dir():
@@ -165,8 +165,8 @@ def model_files(loaded, images: Sequence[np.ndarray], clock: dict | None = None,
                 rdo_sweeps: int = 0) -> tuple[list[bytes], list[np.ndarray]]:
     """The exact bytes a user would store with model `loaded` for each image (`kaec encode`'s .kae file,
     with `--rdo rdo_sweeps`), and each file decoded back to 8-bit pixels the way `kaec decode` does."""
-    from kaecompress.codec import Codec
-    from kaecompress.containers import from_kae, to_kae
+    from kaecompress.codec.images import Codec
+    from kaecompress.codec.containers import from_kae, to_kae
 
     codec = Codec(loaded, rdo_sweeps=rdo_sweeps)
     pil = [_pil(a) for a in images]
@@ -200,10 +200,10 @@ def payload_bytes(fmt: str, data: bytes) -> int:
     if fmt == "AVIF":
         return sum(len(body) for kind, body in _boxes(data) if kind == b"mdat")
     if fmt == "KAE":
-        from kaecompress.containers import MAGIC, from_kae
+        from kaecompress.codec.containers import MAGIC, from_kae
 
         if data[:4] != MAGIC:  # version 2: header, coded latents, check bytes
-            from kaecompress import bitstream
+            from kaecompress.codec import bitstream
 
             return len(data) - bitstream.parse_header(data).size - bitstream.CHECK_BYTES
         enc, quant = from_kae(data, "payload")
@@ -269,7 +269,7 @@ def score(images: Sequence[np.ndarray], files: Sequence[bytes], decoded: Sequenc
           clock: dict, setting=None, quality: int | None = None) -> Point:
     """Means over images of file size, payload, bits per pixel, PSNR (exact images count as PSNR_CAP_DB;
     inf when all are exact) and SSIM, with encode / decode seconds per image from `clock`."""
-    from kaecompress.metrics import psnr_8bit, ssim  # torch: not needed to read or print results
+    from kaecompress.evaluation.metrics import psnr_8bit, ssim  # torch: not needed to read or print results
 
     n = len(images)
     if len({a.shape for a in images}) == 1:
@@ -363,8 +363,8 @@ def run_rd(dataset: str = "mnist", models: Sequence[str] | None = None, codecs: 
     """Measure every codec setting and every model on the first `images` test images of `dataset`
     (`codec_images`: fewer for a slow codec, e.g. {"avif": 2000}) and compare each model curve with each
     lossy codec. `qualities` replaces a codec's sweep. With `rdo_sweeps`, the codec models are measured a
-    second time, encoded with that many passes of rate–distortion optimised rounding (`kaecompress.rdo`)."""
-    from kaecompress.data import check_dataset_name
+    second time, encoded with that many passes of rate–distortion optimised rounding (`kaecompress.codec.rdo`)."""
+    from kaecompress.experiments.data import check_dataset_name
 
     check_dataset_name(dataset, "--dataset")
     unknown = [c for c in codecs if c not in CODECS]
@@ -453,12 +453,12 @@ def compare(result: RDResult) -> None:
 
 def metric_descriptions() -> dict[str, str]:
     """What each key of a curve's `results` means (written into every `--json` curve)."""
-    from kaecompress.metrics import PSNR_CAP_DB, SSIM_DESCRIPTION
+    from kaecompress.evaluation.metrics import PSNR_CAP_DB, SSIM_DESCRIPTION
 
     return {
         "bytes": "mean size of the whole file a user would store, headers included",
         "payload_bytes": "mean size of the coded image without container overhead "
-                         "(kaecompress.rd.payload_bytes)",
+                         "(kaecompress.evaluation.rd.payload_bytes)",
         "bpp": "mean bits per pixel of the whole file",
         "psnr": f"mean of per-image PSNR (dB) on the decoded 8-bit pixels, peak 255; an image decoded exactly "
                 f"counts as {PSNR_CAP_DB:g} dB (as libaom and libvpx report it); null for a lossless point",
@@ -598,7 +598,7 @@ def load_json(path: Path) -> RDResult:
 
 
 def write_json(result: RDResult, path: Path) -> None:
-    from kaecompress.runs import atomic_write_json
+    from kaecompress.experiments.runs import atomic_write_json
 
     atomic_write_json(Path(path), to_json(result))
 
@@ -607,7 +607,7 @@ def write_json_dir(result: RDResult, folder: Path) -> list[Path]:
     """One file per curve, as CompressAI's own results folders hold them: NAME.json."""
     import re
 
-    from kaecompress.runs import atomic_write_json
+    from kaecompress.experiments.runs import atomic_write_json
 
     folder = Path(folder)
     folder.mkdir(exist_ok=True)
@@ -622,7 +622,7 @@ def write_json_dir(result: RDResult, folder: Path) -> list[Path]:
 def plot(result: RDResult, out: Path) -> Path:
     """PSNR and SSIM against bytes per image (log x): one curve per codec and model family, a marker per
     single model, PNG as a vertical line (lossless: no PSNR)."""
-    from kaecompress.plots import _pyplot, _save
+    from kaecompress.experiments.plots import _pyplot, _save
 
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))

@@ -157,7 +157,7 @@ def pillow_round_trip(images: np.ndarray, fmt: str, **params) -> tuple[float, fl
     """Mean bytes and mean PSNR of encoding + decoding each image with Pillow."""
     from PIL import Image
 
-    from kaecompress.metrics import psnr
+    from kaecompress.evaluation.metrics import psnr
 
     sizes, scores = [], []
     for img in images:
@@ -181,8 +181,8 @@ def run_bench(loaded, *, provider: str = "cpu", batch_sizes: Sequence[int] = (1,
     import torch
     from PIL import Image
 
-    from kaecompress.codec import export_cache
-    from kaecompress.data import load_images
+    from kaecompress.codec.images import export_cache
+    from kaecompress.experiments.data import load_images
     from kaecompress.exporters.formats import cuda_sessions, load_runner, onnx_session
 
     if provider not in ("cpu", "cuda"):
@@ -296,9 +296,9 @@ def iobinding_run(session, name: str, inp: np.ndarray, device: str = "cuda"):
 def _quality(loaded, x, z_all) -> dict:
     import torch
 
-    from kaecompress.codec import Codec
-    from kaecompress.containers import from_kae, to_kae
-    from kaecompress.metrics import psnr
+    from kaecompress.codec.images import Codec
+    from kaecompress.codec.containers import from_kae, to_kae
+    from kaecompress.evaluation.metrics import psnr
 
     codec = Codec(loaded)
     with torch.inference_mode():

@@ -8,7 +8,7 @@ node sees (a shared filesystem).
 
 Faults: a task whose worker process or node dies is retried by Ray (`max_retries`) on another worker; the
 dead holder's lock is free at once when its process is gone from a node that still runs, and otherwise its
-lease expires (kaecompress.runlock), so a retried task waits for the lock, bounded by the lease's expiry,
+lease expires (kaecompress.experiments.runlock), so a retried task waits for the lock, bounded by the lease's expiry,
 and resumes from the last checkpoint. A run that fails for its own reasons is recorded as failed by the
 task, which returns normally: Ray does not retry it. Ctrl-C cancels the tasks (Ray raises
 KeyboardInterrupt in each, and train_run saves a checkpoint), then KeyboardInterrupt.
@@ -25,10 +25,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from kaecompress import runs
+from kaecompress.experiments import runs
 from kaecompress.errors import KaecError
 from kaecompress.fileio import read_text
-from kaecompress.sweep import Job, Outcome, failed_summary
+from kaecompress.experiments.sweep import Job, Outcome, failed_summary
 
 MAX_RETRIES = 3  # Ray's default for tasks whose worker or node died
 
@@ -43,7 +43,7 @@ def import_ray():
 
 def train_task(cfg, directory: str, data_root: str | None, device: str | None, wait_s: float) -> Outcome:
     """The body of one Ray task (a plain function, so that it is testable without Ray)."""
-    from kaecompress.sweep import run_one
+    from kaecompress.experiments.sweep import run_one
 
     user = os.environ.get("KAEC_USER_THREADS")  # --threads on the driver
     if user:
@@ -100,7 +100,7 @@ def _token_available() -> bool:
 
 
 class RayCluster:
-    """A sweep.Executor on a Ray cluster. Events as kaecompress.workers.LocalWorkers, the progress read from
+    """A sweep.Executor on a Ray cluster. Events as kaecompress.experiments.workers.LocalWorkers, the progress read from
     the run folders every `poll_s` seconds (the driver needs no channel to the tasks)."""
 
     def __init__(self, address: str | None = None, *, on_event: Callable[..., object] | None = None,
@@ -147,7 +147,7 @@ class RayCluster:
             return self._run(jobs, total, data_root, device)
 
     def _run(self, jobs: list[Job], total: int, data_root, device) -> dict[int, Outcome]:
-        from kaecompress.runlock import expiry_s
+        from kaecompress.experiments.runlock import expiry_s
 
         joining = self._target()
         ray = import_ray()
@@ -211,7 +211,7 @@ class RayCluster:
         return results
 
     def _progress(self, job: Job, seen: dict[int, int]) -> None:
-        from kaecompress.runlock import read_lease
+        from kaecompress.experiments.runlock import read_lease
 
         if read_lease(job.directory) is None:
             return

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from kaecompress.containers import MAX_PIXELS, Encoded, check_layout, check_pixels, check_tiles
+from kaecompress.codec.containers import MAX_PIXELS, Encoded, check_layout, check_pixels, check_tiles
 from kaecompress.errors import KaecError
 
 if TYPE_CHECKING:  # zoo imports torch; opening (and refusing) an image does not need it
@@ -149,7 +149,7 @@ def export_cache(loaded: LoadedModel, data_root=None, formats: tuple[str, ...] =
         shutil.rmtree(folder, ignore_errors=True)
     if set(formats) <= have:
         return folder
-    from kaecompress.data import load_images
+    from kaecompress.experiments.data import load_images
 
     base.mkdir(parents=True, exist_ok=True)
     images = load_images(loaded.dataset, False, data_root, loaded.model.shape)[:64]
@@ -250,7 +250,7 @@ class Layout:
         """A version-2 file's header as read and, with the sizes filled in, as decoded, once it is shown to
         be this model's, one image (mode, planes, grid, size and fit agreeing) and within the pixel limit;
         with `checksum`, the file's CRC is checked too (reading the payload checks it anyway)."""
-        from kaecompress import bitstream
+        from kaecompress.codec import bitstream
         from kaecompress.zoo import by_codec_id
 
         header = bitstream.parse_header(data, where)
@@ -413,7 +413,7 @@ class Codec:
     def _integers(self, latents: np.ndarray, tiles: np.ndarray) -> np.ndarray:
         if not self.rdo_sweeps:
             return np.rint(latents)
-        from kaecompress import rdo
+        from kaecompress.codec import rdo
 
         return rdo.refine(latents, tiles, lambda z: self._run(self.backend.decode, z), self.tables, self.context,
                           float(self.loaded.lmbda or 0), self.rdo_sweeps, self.rdo_progress).astype(np.float32)
@@ -462,7 +462,7 @@ class Codec:
     def to_kae_many(self, encoded: Sequence[Encoded]) -> list[bytes]:
         """The .kae (version 2) file of each image; a context model's residuals are computed for all their
         tiles at once."""
-        from kaecompress import bitstream
+        from kaecompress.codec import bitstream
 
         symbols = [enc.latents.astype(np.int64) for enc in encoded]
         if self.context is not None and symbols:  # what is coded is each latent's residual
@@ -491,7 +491,7 @@ class Codec:
                       max_pixels: int = MAX_PIXELS) -> list[Encoded]:
         """Many .kae version 2 files back to latents, as `from_kae` reads each; a context model restores the
         latents of all their tiles at once (far cheaper than file by file)."""
-        from kaecompress import bitstream
+        from kaecompress.codec import bitstream
 
         headers = [self.layout.kae_header(data, where, max_pixels) for data, where in zip(files, names)]
         symbols = [None] * len(files)

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from kaecompress import fileio, runs
-from kaecompress.config import RunConfig
+from kaecompress import fileio
+
+from kaecompress.experiments import runs
+from kaecompress.experiments.config import RunConfig
 from kaecompress.errors import KaecError
 
 
@@ -68,7 +70,7 @@ def plot_curves(selected: Sequence[RunConfig], runs_root: str | Path, out: str |
                 color_by: str | None = None, log: bool = False, validation: bool = True) -> Path:
     """Train loss (lines) and validation loss (markers) against inputs seen, one line per run; runs sharing
     the value of matrix key `color_by` share a colour and differ in line style, marker and label."""
-    from kaecompress.sweep import run_dir
+    from kaecompress.experiments.sweep import run_dir
 
     if color_by is not None and selected and color_by not in selected[0].matrix:
         raise KaecError(f"--color-by {color_by!r}: not a matrix key (keys: {', '.join(selected[0].matrix)})")

@@ -120,7 +120,7 @@ class IntegerTables:
     @cached_property
     def _model_cdf(self) -> np.ndarray:
         """The 24-bit cumulative table constriction codes with (see rangekernel.model_cdf)."""
-        from kaecompress.rangekernel import model_cdf
+        from kaecompress.codec.rangekernel import model_cdf
 
         return model_cdf(self.freqs, self.precision)
 
@@ -342,7 +342,7 @@ def _compiled(files: int):
     if files < COMPILED_FROM:
         return None
     try:
-        from kaecompress import rangekernel
+        from kaecompress.codec import rangekernel
     except (ImportError, RuntimeError):  # numba missing, or no folder to cache its code in: constriction
         return None
     return rangekernel

@@ -49,7 +49,7 @@ SSIM_SIGMA = 1.5
 SSIM_K = (0.01, 0.03)
 SSIM_DESCRIPTION = (f"SSIM (Wang et al. 2004) on 8-bit pixels, peak 255: {SSIM_WINDOW}x{SSIM_WINDOW} Gaussian window, "
                     f"sigma {SSIM_SIGMA}, K1 {SSIM_K[0]}, K2 {SSIM_K[1]}, population (co)variances, mean over the "
-                    "window positions inside the image (no padding), channels averaged; kaecompress.metrics.ssim")
+                    "window positions inside the image (no padding), channels averaged; kaecompress.evaluation.metrics.ssim")
 
 
 def _gaussian(size: int, sigma: float) -> np.ndarray:

@@ -26,7 +26,9 @@ import time
 import uuid
 from pathlib import Path
 
-from kaecompress import fileio, runs
+from kaecompress import fileio
+
+from kaecompress.experiments import runs
 
 LOCK = runs.LOCK
 LEASE = runs.LEASE

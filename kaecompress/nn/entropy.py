@@ -5,7 +5,7 @@ unit interval around each value (the rate); coding sees the latents rounded to i
 frequency tables built once from the same density (`integer_tables`), stored with the weights, so that
 every machine decodes a file to the same integers.
 
-After training, `fit_context` may add a linear context model (kaecompress.context) fitted to the training
+After training, `fit_context` may add a linear context model (kaecompress.codec.context) fitted to the training
 latents: the dimensions it predicts are then coded as residuals, under tables fitted to those residuals.
 
 Each dimension's cumulative is sigmoid(f(x)) with f a small monotone network (positive weights, a
@@ -97,7 +97,7 @@ class FactorizedPrior(nn.Module):
 
     def freeze(self) -> None:
         """Build and store the integer tables that coding uses (call once training is over)."""
-        from kaecompress.rangecoder import IntegerTables
+        from kaecompress.codec.rangecoder import IntegerTables
 
         self._set_tables(IntegerTables.from_pmf(*self.integer_pmf()))
 
@@ -111,7 +111,7 @@ class FactorizedPrior(nn.Module):
 
     def context(self):
         """The fitted `context.LinearContext`, or None (each latent coded as it is)."""
-        from kaecompress import context
+        from kaecompress.codec import context
 
         if not hasattr(self, f"{CONTEXT_PREFIX}order"):
             return None
@@ -124,8 +124,8 @@ class FactorizedPrior(nn.Module):
         """Fit a linear context model to the integer latents (N, D) of training images; keep it, with tables
         for the residuals of the dimensions it predicts, when it predicts any. Returns how many it predicts.
         The other dimensions keep their learned densities."""
-        from kaecompress import context
-        from kaecompress.rangecoder import IntegerTables, column_bits
+        from kaecompress.codec import context
+        from kaecompress.codec.rangecoder import IntegerTables, column_bits
 
         tables = self.tables()
         fitted, residuals = context.fit(latents, column_bits(latents, tables))
@@ -147,7 +147,7 @@ class FactorizedPrior(nn.Module):
 
     def tables(self):
         """The stored integer tables as a `rangecoder.IntegerTables`."""
-        from kaecompress.rangecoder import IntegerTables
+        from kaecompress.codec.rangecoder import IntegerTables
 
         if not self.frozen:
             raise RuntimeError("the prior has no integer tables yet: call freeze() after training")

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kaecompress.errors import KaecError
-from kaecompress.sweep import Job, Outcome, failed_summary, run_one
+from kaecompress.experiments.sweep import Job, Outcome, failed_summary, run_one
 
 RETRIES = 2  # a run whose worker died is handed out again this many times
 STOP_WAIT_S = 300.0  # after Ctrl-C: how long workers get to save their checkpoints
@@ -126,7 +126,7 @@ def _worker(slot: int, tasks, events, stop, threads: int | None, gpu: int | None
 def _serve(slot, tasks, events, stop, threads, gpu, data_root, device, orphaned: threading.Event) -> None:
     user_threads = os.environ.get("KAEC_THREADS")
     cache: dict = {}
-    from kaecompress.train import resolve_device
+    from kaecompress.experiments.train import resolve_device
 
     while True:
         task = _next_task(tasks, orphaned)
@@ -159,7 +159,7 @@ def _serve(slot, tasks, events, stop, threads, gpu, data_root, device, orphaned:
 
 
 def _data(cfg, data_root, cache):
-    from kaecompress.sweep import load_run_data
+    from kaecompress.experiments.sweep import load_run_data
 
     return load_run_data(cfg, data_root, cache)
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import numpy as np
 
 from kaecompress.errors import KaecError
-from kaecompress.rangecoder import symbol_bits
+from kaecompress.codec.rangecoder import symbol_bits
 
 MAX_SWEEPS = 16
 

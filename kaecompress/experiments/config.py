@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kaecompress.activations import check_activation
-from kaecompress.data import check_dataset_name
+from kaecompress.nn.activations import check_activation
+from kaecompress.experiments.data import check_dataset_name
 from kaecompress.errors import KaecError
 from kaecompress.fileio import MAX_DEPTH, check_depth, read_text, too_deep
 
@@ -90,10 +90,10 @@ class TrainConfig:
     validation_batch_size: int = 1000
     log_every: int = 1000
     checkpoint_every_s: float = 30.0
-    threads: int | None = None  # CPU threads for torch; None: kaecompress.resources.default_threads()
+    threads: int | None = None  # CPU threads for torch; None: kaecompress.experiments.resources.default_threads()
     lr_drop_at: float | None = None  # fraction of the budget after which the learning rate is divided by 10
     lr_schedule: str = "constant"  # or "cosine": from lr down to lr / 100 over the budget
-    resources: Resources = Resources()  # per run, for --ray (kaecompress.raysweep)
+    resources: Resources = Resources()  # per run, for --ray (kaecompress.experiments.raysweep)
 
 
 @dataclass(frozen=True)
@@ -439,7 +439,7 @@ RUN_NAMES = ("matrix_slug", "matrix_id")  # variables naming the run itself, not
 
 def expand(raw: dict, source: str, text: str | None = None) -> tuple[dict[str, list], list[RunConfig]]:
     """All runs of an experiment mapping (native or the study's format), in matrix order."""
-    from kaecompress.studyformat import display_value, is_study_format, study_to_native
+    from kaecompress.experiments.studyformat import display_value, is_study_format, study_to_native
 
     if not isinstance(raw, dict):
         raise KaecError(f"{source}: expected a mapping at the top level")

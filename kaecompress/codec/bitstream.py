@@ -6,9 +6,9 @@ The layout is specified in docs/kae-format.md. In short, the first byte says wha
     0b11r mmm f c  extended: c = 1 codec model id follows (varint), c = 0 the first 8 bytes of the model's
                 weights sha256 follow; f = 1 fit resize; mmm = mode (L, LA, RGB, RGBA, 1); r reserved (0);
                 then varints width, height, planes, tiles_y, tiles_x
-    0x4B ('K')  a version 1 file (kaecompress.containers); any other byte below 0x80 is refused
+    0x4B ('K')  a version 1 file (kaecompress.codec.containers); any other byte below 0x80 is refused
 
-then the range-coded payload (kaecompress.rangecoder) and a 2-byte check: CRC-16/CCITT (initial value
+then the range-coded payload (kaecompress.codec.rangecoder) and a 2-byte check: CRC-16/CCITT (initial value
 0xFFFF, big-endian) over the model's full 32-byte weights sha256, the header and the payload.
 
 Reading is two steps, because the payload can only be decoded with the model's tables:
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kaecompress import containers, rangecoder
-from kaecompress.containers import check_layout
+from kaecompress.codec import containers, rangecoder
+from kaecompress.codec.containers import check_layout
 from kaecompress.errors import KaecError
 
 VERSION = 2
@@ -172,7 +172,7 @@ def parse_header(data: bytes, where: str = ".kae file") -> Header:
             raise KaecError(f"{where}: truncated .kae file")
         return _compact_header(data[0] & 0x3F)
     if version(data, where) != VERSION:
-        raise KaecError(f"{where}: a version 1 file; read it with kaecompress.containers.from_kae")
+        raise KaecError(f"{where}: a version 1 file; read it with kaecompress.codec.containers.from_kae")
     first = data[0]
     flags = first & 0x3F
     if flags & 0x20 or (flags >> 2) & 0x07 >= len(MODES):

@@ -40,7 +40,7 @@ _SCALE = struct.Struct("<ff")
 SUFFIXES = (".npy", ".npz", ".kae")
 # The most pixels (width x height) one image may have, encoded or decoded (`--max-pixels`). 40 Mpx holds an
 # 8K frame (33 Mpx) and most camera photos. A header asking for more is refused before anything is allocated.
-# Large images are encoded and decoded in strips (kaecompress.codec): at the limit an RGBA image peaks at
+# Large images are encoded and decoded in strips (kaecompress.codec.images): at the limit an RGBA image peaks at
 # PEAK_MB, torch and the model included (measured, `kaec_bounded`: decode 1,040 MB for --fit resize, 995-1,286
 # MB for tile fit, the latter with noisy latents; encode 1,266-1,303 MB). The tiles are bounded too: padded
 # to whole tiles an image may cover at most PADDED_FACTOR times the limit (only very thin images come near).
@@ -347,7 +347,7 @@ def precheck(path: Path, data: bytes, max_pixels: int = MAX_PIXELS) -> None:
     a version 1 .kae (the whole file, its CRC included), an .npz's members, a .npy's header, and the size
     each claims against `max_pixels` (an .npz's latents too: at most 4 planes of one float32 a pixel, far
     more than any tiling holds; `read` applies the model's exact bound). A version 2 .kae is left to
-    kaecompress.bitstream.precheck, which checks every kind."""
+    kaecompress.codec.bitstream.precheck, which checks every kind."""
     where, suffix = str(path), path.suffix.lower()
     if suffix == ".kae":
         if data and data[0] & 0x80:  # version 2

@@ -8,10 +8,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from kaecompress.activations import check_activation, make_activation
-from kaecompress.entropy import FactorizedPrior, round_ste
+from kaecompress.nn.activations import check_activation, make_activation
+from kaecompress.nn.entropy import FactorizedPrior, round_ste
 from kaecompress.errors import KaecError
-from kaecompress.layers import KAELayer
+from kaecompress.nn.layers import KAELayer
 
 
 class Reshape(nn.Module):
