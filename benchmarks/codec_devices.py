@@ -28,7 +28,8 @@ from kaecompress.codec.images import Codec
 from kaecompress.experiments.data import load_images
 from kaecompress.experiments.codecstats import to_pixels
 from kaecompress.evaluation.metrics import psnr_8bit
-from kaecompress.zoo import families, load_model
+from kaecompress.zoo import families
+from kaecompress.experiments.loading import load_model
 
 
 def timed(fn, *args):

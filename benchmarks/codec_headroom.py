@@ -37,7 +37,7 @@ def latents(name: str):
 
     from kaecompress.experiments.data import load_images
     from kaecompress.experiments.codecstats import psnr_8bit, to_pixels
-    from kaecompress.zoo import load_model
+    from kaecompress.experiments.loading import load_model
 
     loaded = load_model(name)
     torch.set_num_threads(1)

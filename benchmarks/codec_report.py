@@ -19,7 +19,8 @@ from kaecompress.codec.images import Codec
 from kaecompress.codec.containers import from_kae, to_kae, to_npy
 from kaecompress.experiments.data import load_images
 from kaecompress.evaluation.metrics import psnr
-from kaecompress.zoo import DEFAULT_MODEL, load_model
+from kaecompress.zoo import DEFAULT_MODEL
+from kaecompress.experiments.loading import load_model
 
 
 def main() -> None:

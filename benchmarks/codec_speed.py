@@ -27,10 +27,10 @@ import time
 import numpy as np
 
 from kaecompress.codec import bitstream, rangecoder
-from kaecompress.codec.images import export_cache
+from kaecompress.experiments.export_cache import export_cache
 from kaecompress.experiments.data import load_images
-from kaecompress.exporters.formats import onnx_session
-from kaecompress.zoo import load_model
+from kaecompress.runtime.sessions import onnx_session
+from kaecompress.experiments.loading import load_model
 
 
 def stand_in_tables(symbols: np.ndarray) -> rangecoder.IntegerTables:

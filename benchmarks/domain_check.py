@@ -20,7 +20,8 @@ from PIL import Image
 
 from kaecompress.codec.images import DOMAIN_MARGIN_DB, Codec
 from kaecompress.experiments.data import load_images
-from kaecompress.zoo import DEFAULT_MODEL, load_model
+from kaecompress.zoo import DEFAULT_MODEL
+from kaecompress.experiments.loading import load_model
 
 
 def photo() -> Image.Image:
@@ -100,7 +101,7 @@ def main() -> None:
 
     import torch
 
-    from kaecompress.evaluation.bench import default_threads
+    from kaecompress.runtime.sessions import default_threads
 
     torch.set_num_threads(args.threads or default_threads())
     print(f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")

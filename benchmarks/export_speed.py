@@ -19,7 +19,7 @@ import torch
 
 from kaecompress.experiments.data import load_images
 from kaecompress.exporters import export
-from kaecompress.exporters.formats import onnx_session
+from kaecompress.runtime.sessions import onnx_session
 from kaecompress.nn.models import CNNKAE
 
 

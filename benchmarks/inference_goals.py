@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from kaecompress.evaluation.bench import run_bench
-from kaecompress.zoo import load_model
+from kaecompress.experiments.loading import load_model
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ from kaecompress.evaluation import bdrate
 from kaecompress.experiments.config import load_experiment
 from kaecompress.evaluation.rd import load_dataset, model_files, score
 from kaecompress.experiments.sweep import run_dir
-from kaecompress.zoo import load_run
+from kaecompress.experiments.loading import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_OVERHEAD = 3  # a shipped codec model's one-tile file: 1 header byte + 2 check bytes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import List, Optional
 
@@ -12,8 +13,9 @@ from kaecompress.errors import KaecError
 
 MODEL = typer.Option(None, "--model", "-m", help="Trained model name (see `kaec models`), run folder or "
                      "checkpoint. Default: the MNIST codec family's default (decode: the model the file names).")
-BACKEND = typer.Option("torch", "--backend", help="torch (PyTorch) or onnx (the exported ONNX files in "
-                       "onnxruntime, exported and verified on first use).")
+BACKEND = typer.Option("auto", "--backend", help="auto: torch where it is installed, else onnx; torch: PyTorch "
+                       "(the training install); onnx: onnxruntime, with a shipped model's own ONNX graphs (a run "
+                       "folder or checkpoint is exported and verified on first use).")
 DEVICE = typer.Option("cpu", "--device", help="Where the networks run: cpu, cuda or auto (cuda when usable). "
                       "The entropy coding runs on the CPU, so a file decodes to the same latents on any device; "
                       "decoded pixels may differ by one level between devices.")
@@ -54,7 +56,7 @@ def _outputs(inputs: list[Path], output: Path, to_folder: bool, suffix: str) -> 
         raise KaecError(f"{output}: for several inputs or a name without suffix, -o is a folder (an existing "
                         "one, or a new one in an existing folder)")
     targets = [output / (p.stem + suffix) for p in inputs]
-    clash = {t for t in targets if targets.count(t) > 1}
+    clash = [t for t, n in Counter(targets).items() if n > 1]
     if clash:
         raise KaecError(f"{sorted(clash)[0]}: several inputs would write this file; rename one")
     return targets
@@ -87,15 +89,18 @@ def encode(
     """Compress images to latents. A sample of each image's tiles is decoded again, and an image that
     reconstructs far worse than the model's own test images gets a one-line warning."""
     from kaecompress.cli.progress import SearchProgress
-    from kaecompress.codec.images import Codec, check_backend, open_image
+    from kaecompress.api import resolve_backend
     from kaecompress.codec.containers import FITS, QUANTS, SUFFIXES, serialize
-    from kaecompress.experiments.data import IMAGE_SUFFIXES
+    from kaecompress.codec.images import DOMAINS, IMAGE_SUFFIXES, check_backend, open_image
 
     if quant not in QUANTS:
         raise KaecError(f"--quant: expected one of {', '.join(QUANTS)}, got {quant!r}")
     if fit not in FITS:
         raise KaecError(f"--fit: expected {' or '.join(FITS)}, got {fit!r}")
     check_backend(backend, device)
+    if dataset not in DOMAINS:  # the codec families --quality and the default model come from
+        raise KaecError(f"--dataset: expected {' or '.join(DOMAINS)}, got {dataset!r}")
+    backend = resolve_backend(backend)
     if fmt is not None and f".{fmt}" not in SUFFIXES:
         raise KaecError(f"--format: expected npy, npz or kae, got {fmt!r}")
     files = _inputs(inputs, tuple(IMAGE_SUFFIXES))
@@ -113,15 +118,12 @@ def encode(
     images = [open_image(p, max_pixels) for p in files]  # every input is read before anything is written
     if early is not None:
         _check_tiles(files, images, fit, early.tile, max_pixels)
-    from kaecompress.zoo import load_model  # torch: only once the inputs and the model's files are good
-
-    loaded = load_model(spec)
-    _set_threads()
-    codec = Codec(loaded, backend, batch_size, data_root, device, rdo_sweeps=rdo)
+    codec = _codec(spec, backend, device, batch_size, data_root, rdo)  # only once the inputs and files are good
     if early is None:
         _check_tiles(files, images, fit, (codec.height, codec.width), max_pixels)
     if rdo and not codec.rate_model:
-        raise KaecError(f"--rdo: {loaded.name} has no probability model (expected a codec model: see `kaec models`)")
+        raise KaecError(f"--rdo: {codec.loaded.name} has no probability model (expected a codec model: see "
+                        "`kaec models`)")
     with SearchProgress(codec, quiet=as_json):
         encoded = codec.compress_many(images, fit, check_domain=True)
     coded = [i for i, dst in enumerate(targets) if codec.rate_model and dst.suffix.lower() == ".kae"]
@@ -140,13 +142,19 @@ def encode(
     _report(rows, as_json, f"encoded with {codec.loaded.name}")
 
 
-def _set_threads() -> None:
-    """torch's default of one thread per core is far slower on a machine other processes keep busy."""
-    import torch
+def _codec(spec: str, backend: str, device: str, batch_size: int, data_root, rdo: int = 0):
+    """A Codec of the model `spec` on `backend` (torch or onnx, resolved)."""
+    from kaecompress.api import open_model
+    from kaecompress.codec.images import Codec
 
-    from kaecompress.evaluation.bench import default_threads
+    loaded = open_model(spec, backend)
+    if backend == "torch":  # torch's default of one thread per core is far slower on a busy machine
+        import torch
 
-    torch.set_num_threads(default_threads())
+        from kaecompress.runtime.sessions import default_threads
+
+        torch.set_num_threads(default_threads())
+    return Codec(loaded, backend, batch_size, data_root, device, rdo_sweeps=rdo)
 
 
 def _encoding_model(model: Optional[str], quality: Optional[int], dataset: str) -> str:
@@ -192,11 +200,13 @@ def decode(
     as_json: bool = JSON,
 ) -> None:
     """Decompress latents to PNG images (original size and mode)."""
-    from kaecompress.codec.images import Codec, check_backend
+    from kaecompress.api import resolve_backend
     from kaecompress.codec.bitstream import precheck
     from kaecompress.codec.containers import SUFFIXES, read_input
+    from kaecompress.codec.images import check_backend
 
     check_backend(backend, device)
+    backend = resolve_backend(backend)
     files = _inputs(inputs, SUFFIXES)
     to_folder = _to_folder(inputs, files, output)
     if not to_folder and output.suffix.lower() != ".png":
@@ -212,11 +222,7 @@ def decode(
     spec = model or _model_of(files[0], data[files[0]]) or default_model()
     early = _shipped_layout(spec)
     read_early = _read_files(files, data, early, max_pixels) if early is not None else {}
-    from kaecompress.zoo import load_model
-
-    loaded = load_model(spec)
-    _set_threads()
-    codec = Codec(loaded, backend, batch_size, data_root, device)
+    codec = _codec(spec, backend, device, batch_size, data_root)
     if codec.layout != early:  # a run folder or checkpoint: only now is its layout known
         read_early = _read_files(files, data, codec.layout, max_pixels)
     v2 = [p for p in files if _is_v2(p, data[p])]  # together: a context model restores all their latents at once
@@ -240,7 +246,7 @@ def decode(
     if to_folder:
         output.mkdir(exist_ok=True)
     write_all(list(zip(targets, blobs)))  # all outputs land, or none
-    _report(rows, as_json, f"decoded with {loaded.name}")
+    _report(rows, as_json, f"decoded with {codec.loaded.name}")
 
 
 def _check_tiles(files: list[Path], images: list, fit: str, tile: tuple[int, int], max_pixels: int) -> None:
@@ -319,7 +325,14 @@ def _report(rows: list[dict], as_json: bool, title: str) -> None:
     from kaecompress.cli.progress import out, runs_table
 
     columns = [c for c in ("input", "output", "bytes", "size", "mode", "latents") if c in rows[0]]
-    out.print(runs_table(rows, columns, title=f"{len(rows)} file{'s' if len(rows) != 1 else ''} {title}"))
+    table = runs_table(rows[:TABLE_ROWS], columns, title=f"{len(rows):,} file{'s' if len(rows) != 1 else ''} {title}")
+    if len(rows) > TABLE_ROWS:  # a screenful says what happened; thousands of rows would take longer to draw
+        total = f", {sum(r['bytes'] for r in rows):,} bytes in all" if "bytes" in rows[0] else ""
+        table.caption = f"and {len(rows) - TABLE_ROWS:,} more{total}; --json lists every file"
+    out.print(table)
+
+
+TABLE_ROWS = 20
 
 
 def models(as_json: bool = typer.Option(False, "--json", help="Print the model cards as JSON.")) -> None:
@@ -372,7 +385,7 @@ def promote(
                                  "residual coded); kept where it saves bits."),
 ) -> None:
     """Ship a finished run as a trained model: safetensors weights and a model card with its metrics."""
-    from kaecompress.zoo import promote as promote_run
+    from kaecompress.experiments.promote import promote as promote_run
 
     card = promote_run(run, name, dest=dest, recipe=recipe, data_root=data_root, force=force, family=family,
                        quality=quality, float16=float16, context=context)

@@ -36,7 +36,7 @@ def export_command(
         check_formats(formats or FORMATS)
     from kaecompress.experiments.data import load_images
     from kaecompress.exporters import export, read_manifest, verify_dir
-    from kaecompress.zoo import load_model
+    from kaecompress.experiments.loading import load_model
 
     loaded = load_model(source if verify_only is None else source or manifest["source"])
     images = load_images(loaded.dataset, False, data_root, loaded.model.shape)[:64]
@@ -69,14 +69,19 @@ def bench(
     seconds: float = typer.Option(1.0, "--seconds", min=0.0, help="Minimum measured time per figure."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write every figure and the environment "
                                             "to this JSON file."),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset root for the test images."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset root for the test images: "
+                                             "MNIST/raw/ or FashionMNIST/raw/ holding the IDX (*-ubyte) files."),
+    images: int = typer.Option(1000, "--images", min=1, help="Test images for the quality figures (at least the "
+                               "largest batch is read)."),
 ) -> None:
     """Benchmark compress (encoder) and decompress (decoder) in onnxruntime against PyTorch, TorchScript and
-    Pillow's JPEG, WebP and PNG, on real test images."""
+    Pillow's JPEG, WebP and PNG, on real test images. Without PyTorch (the runtime install): a shipped
+    model's ONNX graphs in onnxruntime and Pillow, the PyTorch baselines skipped."""
+    from kaecompress.api import open_model, torch_installed
     from kaecompress.evaluation.bench import run_bench
     from kaecompress.cli.progress import console, out, runs_table
     from kaecompress.experiments.runs import atomic_write_json
-    from kaecompress.zoo import DEFAULT_MODEL, load_model
+    from kaecompress.zoo import DEFAULT_MODEL
 
     try:
         sizes = [int(b) for b in batch_sizes.split(",")]
@@ -89,19 +94,28 @@ def bench(
             raise KaecError(f"--json {json_out}: is a folder; expected a file name such as bench.json")
         if not json_out.parent.is_dir() or not os.access(json_out.parent, os.W_OK):
             raise KaecError(f"--json {json_out}: folder {json_out.parent} does not exist or is not writable")
+    if torch_installed():
+        from kaecompress.experiments.loading import load_model
+
+        loaded = load_model(model or DEFAULT_MODEL)
+    else:  # a shipped model's graphs; anything else is refused as needing the training install
+        loaded = open_model(model or DEFAULT_MODEL, "onnx")
     with console.status("benchmarking") as status:
-        result = run_bench(load_model(model or DEFAULT_MODEL), provider=provider, batch_sizes=sizes, threads=threads,
-                           min_seconds=seconds, data_root=data_root, progress=lambda s: status.update(s))
+        result = run_bench(loaded, provider=provider, batch_sizes=sizes, threads=threads, min_seconds=seconds,
+                           images=images, data_root=data_root, progress=lambda s: status.update(s))
     env = result["environment"]
     rows = [{**r, "images/s": f"{r['images_per_s']:,.0f}", "MB/s": f"{r['MB_per_s']:,.1f}",
              "p50 ms": f"{r['p50_ms']:.3f}", "p90 ms": f"{r['p90_ms']:.3f}", "p99 ms": f"{r['p99_ms']:.3f}",
-             "vs eager": f"{r['vs_pytorch_eager']:.2f}x"} for r in result["inference"]]
-    out.print(runs_table(rows, ["part", "runtime", "batch", "images/s", "MB/s", "p50 ms", "p90 ms", "p99 ms",
-                                "vs eager"],
+             "vs eager": "" if r["vs_pytorch_eager"] is None else f"{r['vs_pytorch_eager']:.2f}x"}
+            for r in result["inference"]]
+    eager = any(r["vs_pytorch_eager"] is not None for r in result["inference"])
+    out.print(runs_table(rows, ["part", "runtime", "batch", "images/s", "MB/s", "p50 ms", "p90 ms", "p99 ms"]
+                         + (["vs eager"] if eager else []),
                          title=f"{result['model']} on {env['cpu']} ({env['cores']} cores), provider used: "
                                f"{result['provider_used']}"))
     q = result["quality"]
-    codecs = [{"codec": "kae (this model, uint8)", "bytes/image": f"{q['kae_bytes_per_image']:.1f}",
+    kind = "entropy-coded" if q.get("kae_version") == 2 else "uint8"
+    codecs = [{"codec": f"kae (this model, {kind})", "bytes/image": f"{q['kae_bytes_per_image']:.1f}",
                "PSNR dB": f"{q['kae_uint8_psnr_db']:.2f}", "settings": f"float PSNR {q['psnr_db']:.2f} dB"}]
     codecs += [{"codec": b["codec"], "bytes/image": f"{b['bytes_per_image']:.1f}", "PSNR dB": f"{b['psnr_db']:.2f}",
                 "settings": ", ".join(f"{k}={v}" for k, v in b["settings"].items()),
@@ -110,9 +124,14 @@ def bench(
                          title=f"bytes and quality on {result['images']} test images "
                                f"({result['raw_bytes_per_image']} raw bytes each)"))
     load = result["machine_load"]
-    threads_note = f"{env['torch_threads']} thread{'s' if env['torch_threads'] != 1 else ''}" + (
+    n_threads = env["ort_intra_op_threads"]  # torch ran with as many, where it ran
+    threads_note = f"{n_threads} thread{'s' if n_threads != 1 else ''}" + (
         " (chosen from the load)" if env["threads_chosen"] else "")
     import sys
+
+    if result["skipped"]:  # one line, not wrapped: scripts grep for it
+        print(f"note: skipped {', '.join(s['runtime'] for s in result['skipped'])} baselines: "
+              f"{result['skipped'][0]['why']}", file=sys.stderr)
 
     if load["busy"]:  # one line, not wrapped: scripts grep for it
         print(f"warning: the machine was busy while measuring: {load['why']}; figures are lower and noisier "

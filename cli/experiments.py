@@ -189,7 +189,7 @@ def plot(
         from kaecompress.experiments.data import load_images
         from kaecompress.experiments.plots import plot_reconstructions
         from kaecompress.experiments.runs import run_status
-        from kaecompress.zoo import load_run
+        from kaecompress.experiments.loading import load_run
 
         done = [r for r in selected if run_status(run_dir(runs_dir, r), r.recipe()) == "finished"][:8]
         if not done:

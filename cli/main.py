@@ -73,12 +73,20 @@ coding.register(app)
 rd.register(app)
 
 
+# Commands of the training install: in the runtime install (no torch) they refuse before anything loads.
+TRAINING_COMMANDS = ("train", "results", "plot", "export", "promote", "rd")
+
+
+def _command(argv: list[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def main() -> None:
     """Console entry point: mistakes become one line on stderr and exit 2 (`--debug` shows the trace)."""
     from kaecompress.errors import Interrupted
 
     # before any library (onnxscript during an export, say) imports onnxruntime, whose telemetry would
-    # otherwise write ~/.cache/Microsoft/ (kaecompress.exporters.formats.import_onnxruntime)
+    # otherwise write ~/.cache/Microsoft/ (kaecompress.runtime.sessions.import_onnxruntime)
     os.environ["ORT_DISABLE_TELEMETRY"] = "1"
     argv = sys.argv[1:]
     debug = "--debug" in argv or os.environ.get("KAEC_DEBUG") == "1"
@@ -97,6 +105,11 @@ def main() -> None:
         sys.exit(code)
 
     try:
+        command = _command(argv)
+        if command in TRAINING_COMMANDS and not {"-h", "--help"} & set(argv):
+            from kaecompress.api import require_training
+
+            require_training(f"kaec {command}")
         code = app(args=argv, prog_name="kaec", standalone_mode=False)
     except KaecError as e:
         fail(str(e))

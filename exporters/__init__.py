@@ -19,8 +19,7 @@ from kaecompress import __version__
 from kaecompress.errors import KaecError
 from kaecompress.exporters.manifest import (ARTEFACTS, EXTENSIONS, FORMATS, MANIFEST, PARTS, check_files,
                                             read_listed, read_manifest)
-from kaecompress.fileio import public_mode
-from kaecompress.experiments.runs import atomic_write_json
+from kaecompress.fileio import atomic_write_json, public_mode
 
 if TYPE_CHECKING:  # torch is imported where it is used: reading a manifest needs none of it
     import torch

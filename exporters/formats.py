@@ -17,6 +17,7 @@ from kaecompress.errors import KaecError
 from kaecompress.exporters.manifest import EXTENSIONS, PARTS
 from kaecompress.nn.models import CNNKAE
 from kaecompress.fileio import atomic_write_bytes
+from kaecompress.runtime.sessions import onnx_session
 
 
 
@@ -102,61 +103,6 @@ def write_pt2(model: CNNKAE, folder: Path, metadata: dict) -> list[Path]:
 
 
 WRITERS = {"onnx": write_onnx, "torchscript": write_torchscript, "pt2": write_pt2}
-
-
-def import_onnxruntime():
-    """onnxruntime, imported with its telemetry off. Every import of it in this package goes through here.
-
-    Since 1.29 onnxruntime starts a telemetry client on Linux and macOS as soon as it is imported: it creates
-    ~/.cache/Microsoft/DeveloperTools/.onnxruntime/ (deviceid, onnxruntime.db and its -wal/-shm) and may
-    upload events. ORT_DISABLE_TELEMETRY=1 in the environment before the import stops all of it; measured with
-    1.32, disable_telemetry_events() or the variable set after the import leave the files behind, so this
-    must run before anything else imports onnxruntime. Child processes inherit the setting."""
-    os.environ["ORT_DISABLE_TELEMETRY"] = "1"
-    try:
-        import onnxruntime
-    except ImportError:
-        raise KaecError("onnxruntime is not installed: pip install 'kaecompress[cpu]' (or [gpu])") from None
-    return onnxruntime
-
-
-def onnx_session(model: Path | bytes, provider: str = "cpu", threads: int | None = None, spinning: bool = True):
-    """An onnxruntime session on exactly the provider asked for, from a file or the bytes of one: the one
-    place this package creates sessions. `spinning=False` stops its idle threads from busy-waiting, which
-    otherwise starves PyTorch's threads when both share a few cores."""
-    ort = import_onnxruntime()
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    names = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider"]}[provider]
-    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=names)
-
-
-def cuda_sessions(folder, threads, flag: str = "--provider cuda"):
-    """Encoder and decoder sessions on CUDA, refusing to run when CUDA is not really in use (errors name `flag`)."""
-    ort = import_onnxruntime()
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        raise KaecError(f"{flag}: this onnxruntime has no CUDA support; install the GPU build in an "
-                        "environment without the CPU one: pip uninstall onnxruntime && pip install -e '.[gpu]' "
-                        "(in the kaecompress checkout)")
-    if torch.version.cuda and not torch.cuda.is_available():
-        # Said here in one line; onnxruntime would log a screenful about libcuda and then fall back.
-        raise KaecError(f"{flag}: CUDA is not usable here: no GPU or driver is visible (torch.cuda."
-                        "is_available() is False)")
-    if hasattr(ort, "preload_dlls"):
-        ort.preload_dlls()  # CUDA and cuDNN from the nvidia-* wheels torch installed; no LD_LIBRARY_PATH needed
-    sessions = [onnx_session(folder / f"{part}.onnx", "cuda", threads, spinning=False)
-                for part in ("encoder", "decoder")]
-    for s in sessions:
-        # onnxruntime falls back to CPU with only a logged error; the session's own list tells the truth.
-        if s.get_providers()[0] != "CUDAExecutionProvider":
-            raise KaecError(f"{flag}: CUDA is not usable here (the session runs on {s.get_providers()}); "
-                            "refusing to run on the CPU under a CUDA label")
-    return sessions
 
 
 def load_runner(path: Path, device: str | torch.device = "cpu", data: bytes | None = None):

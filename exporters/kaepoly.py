@@ -21,12 +21,10 @@ from onnx import helper
 from onnxscript import FLOAT
 from onnxscript.values import Opset
 
+# The op's definition lives in graphs, which builds graphs without torch; formats and the exporters' manifest
+# import these names from here.
+from kaecompress.exporters.graphs import DOMAIN, ONNX_OPSET, OP, VERSION, function_proto
 from kaecompress.nn.layers import KAELayer, kae_poly
-
-DOMAIN = "kaecompress"
-OP = "KAEPoly"
-VERSION = 1
-ONNX_OPSET = 20
 
 
 @torch.library.custom_op("kaecompress::kae_poly", mutates_args=())
@@ -99,38 +97,6 @@ def translation():
         return kae.KAEPoly(x, coeffs, bias, order=coeffs.shape[2] - 1)
 
     return {torch.ops.kaecompress.kae_poly.default: kae_poly_onnx}
-
-
-def function_proto(order: int) -> onnx.FunctionProto:
-    """The definition of kaecompress.KAEPoly in standard ONNX ops, for layers of the given order.
-
-    The powers are a chain of Mul nodes rather than one Pow (onnxruntime evaluates Pow with a vector of
-    exponents element by element through std::pow, 10x slower than the whole rest of the encoder), so the
-    body is written for one order; the node keeps `order` as an attribute for readers and viewers."""
-
-    def ints(name, values):
-        return helper.make_node("Constant", [], [name],
-                                value=helper.make_tensor(name, onnx.TensorProto.INT64, [len(values)], values))
-
-    powers = ["X"] + [f"x{k}" for k in range(2, order + 1)]
-    nodes = [helper.make_node("Mul", [powers[k - 2], "X"], [powers[k - 1]]) for k in range(2, order + 1)]
-    nodes += [
-        helper.make_node("Concat", powers, ["powers"], axis=1),                 # (N, order * in)
-        ints("k0", [0]), ints("k1", [1]), ints("k_end", [order + 1]), ints("axis_k", [2]),
-        ints("axes_in_k", [1, 2]), ints("rows_flat", [0, -1]), ints("flat", [-1]),
-        helper.make_node("Slice", ["C", "k1", "k_end", "axis_k"], ["c_powers"]),    # (out, in, order)
-        helper.make_node("Transpose", ["c_powers"], ["c_blocks"], perm=[0, 2, 1]),  # (out, order, in)
-        helper.make_node("Reshape", ["c_blocks", "rows_flat"], ["weight"]),         # (out, order * in)
-        helper.make_node("Slice", ["C", "k0", "k1", "axis_k"], ["c_const"]),
-        helper.make_node("ReduceSum", ["c_const", "axes_in_k"], ["const"], keepdims=0),
-        helper.make_node("Reshape", ["B", "flat"], ["b_flat"]),
-        helper.make_node("Add", ["const", "b_flat"], ["bias"]),
-        helper.make_node("Gemm", ["powers", "weight", "bias"], ["Y"], transB=1),
-    ]
-    return helper.make_function(DOMAIN, OP, ["X", "C", "B"], ["Y"], nodes,
-                                [helper.make_opsetid("", ONNX_OPSET)], attributes=["order"],
-                                doc_string=f"Kolmogorov-Arnold polynomial layer of order {order}: "
-                                           "stacked powers, one Gemm, bias")
 
 
 def add_function(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -1,35 +1,31 @@
-"""Trained models by name or path: shipped models in trained/, run folders and checkpoints.
+"""The shipped models in trained/: their cards, families and files, read without torch.
 
-Every loader reads weights without unpickling arbitrary objects (`torch.load(weights_only=True)` or
-safetensors). A model's identity is the sha256 of its weights (names, shapes and values), whatever file
-they came from: compressed files record it, and decoding checks it.
+A shipped model is NAME.json (its card: config, metrics, identity, codec id and family), NAME.safetensors
+(its weights, checked against the card's sha256 before any use) and, for the runtime, NAME.encoder.onnx and
+NAME.decoder.onnx: graphs whose weights are external data inside the safetensors file, so weights are stored
+once. A model's identity is the sha256 of its weights (names, shapes and float32 values): compressed files
+record it, and decoding checks it. Building a torch model from these files is `experiments.loading`'s work;
+running the graphs is `runtime`'s.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from kaecompress import fileio
+import numpy as np
 
-from kaecompress.experiments import runs
-from kaecompress.errors import KaecError
+from kaecompress.errors import TRAINING_INSTALL, KaecError
 from kaecompress.fileio import parse_json, read_regular
 
-if TYPE_CHECKING:  # torch is imported where a model is built: a bad card or file is refused without it
-    from kaecompress.nn.models import CNNKAE
+DEFAULT_MODEL = "mnist-kae-dec3"
 
 
-@dataclass
-class LoadedModel:
-    model: CNNKAE
-    name: str            # the shipped name, or the path it was loaded from
-    config: dict         # the run config it was trained with (data, model, train)
-    weights_sha256: str
-    card: dict = field(default_factory=dict)
+class RunConfigFields:
+    """What a model's run config (`self.config`: data, model, train, codec) says that coding reads."""
+
+    config: dict
 
     @property
     def dataset(self) -> str:
@@ -39,62 +35,6 @@ class LoadedModel:
     def lmbda(self) -> float | None:
         """A codec model's rate–distortion weight (the `codec:` section's lambda); None for a plain model."""
         return (self.config.get("codec") or {}).get("lmbda")
-
-
-def build(config: dict, state: dict, where: str | Path) -> CNNKAE:
-    """A CNNKAE from a run config and a state dict; a mismatch between the two is a clear error. The model
-    is first built without memory (meta device): a config asking for more parameters than the weights
-    hold is refused before anything is allocated."""
-    import torch
-
-    from kaecompress.nn.models import CNNKAE
-
-    try:
-        codec = config.get("codec") or {}
-        with torch.device("meta"):
-            shape_only = CNNKAE(**config["model"], prior=codec.get("prior"))
-        # A codec model's probability tables and context model are sized by fitting, not by the config
-        # (rangecoder and context bound them).
-        def fitted(key: str) -> bool:
-            return ".table_" in key or ".context_" in key
-
-        wanted = sum(t.numel() for k, t in shape_only.state_dict().items() if not fitted(k))
-        have = sum(t.numel() for k, t in state.items() if isinstance(t, torch.Tensor) and not fitted(k))
-        if wanted != have:
-            raise KaecError(f"{where}: the config does not match the weights (it describes {wanted:,} parameter "
-                            f"values, the weights hold {have:,})")
-        model = CNNKAE(**config["model"], prior=codec.get("prior"))
-        model.load_state_dict(state)
-    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
-        raise KaecError(f"{where}: the config does not match the weights ({str(e).splitlines()[0]})") from None
-    if getattr(model, "prior", None) is not None:
-        try:
-            model.prior.context()  # its bounds checked now, where the file can be named
-        except KaecError as e:
-            raise KaecError(f"{where}: {e}") from None
-    return model.eval()
-
-
-def load_run(run_dir: str | Path) -> LoadedModel:
-    """The model of a finished run folder, or of a checkpoint file."""
-    from kaecompress.experiments.train import load_checkpoint
-
-    path = Path(run_dir)
-    if path.is_dir():
-        status = runs.run_status(path)
-        if status != "finished" or not (path / runs.CHECKPOINT).is_file():
-            raise KaecError(f"{path}: not a finished run (status: {status}); train it first")
-        path = path / runs.CHECKPOINT
-    ckpt = load_checkpoint(path)
-    if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
-        raise KaecError(f"{path}: not a kaecompress checkpoint (expected 'config' and 'model' entries)")
-    from kaecompress.nn.models import weights_sha256
-
-    model = build(ckpt["config"], ckpt["model"], path)
-    return LoadedModel(model, str(Path(run_dir).resolve()), ckpt["config"], weights_sha256(model))
-
-
-DEFAULT_MODEL = "mnist-kae-dec3"
 
 
 def trained_dir() -> Path:
@@ -111,6 +51,8 @@ def trained_dir() -> Path:
 MAX_CARD_BYTES = 256 << 10         # a card is a page of JSON (ours are under 3 KB)
 MAX_WEIGHTS_BYTES = 1 << 30         # ours are under 7 MB; the file is read whole to check its sha256
 MAX_HEADER_BYTES = 100_000_000      # safetensors' own limit on its JSON header
+MAX_GRAPH_BYTES = 1 << 20           # a weightless ONNX graph (ours are under 3 KB)
+PARTS = ("encoder", "decoder")
 
 
 def read_card(path: Path) -> object:
@@ -150,20 +92,80 @@ def check_card(card: dict, path: Path) -> dict:
         raise KaecError(f"{path}: model card config without a model section")
     if not all(isinstance(card["metrics"].get(k), (int, float)) for k in ("mse", "psnr_db")):
         raise KaecError(f"{path}: model card metrics without numeric mse and psnr_db")
+    if "onnx" in card:
+        graphs = card["onnx"]
+        for part in PARTS:
+            entry = graphs.get(part) if isinstance(graphs, dict) else None
+            file = entry.get("file") if isinstance(entry, dict) else None
+            if not (isinstance(file, str) and Path(file).name == file and "\\" not in file
+                    and file.endswith(f".{part}.onnx") and isinstance(entry.get("sha256"), str)):
+                raise KaecError(f"{path}: onnx.{part} must name a NAME.{part}.onnx file beside it, with its sha256")
     return card
 
 
-def _check_sizes(data: bytes, path: Path, model: dict) -> None:
-    """Without torch: the safetensors header must fit the file, and the model the card's config describes
-    must not need more parameter values than the file holds (a codec model's file holds its prior too)."""
-    from kaecompress.experiments.config import model_config
-    from kaecompress.experiments.resources import parameter_count
+def read_weights(name: str, folder: Path | None = None) -> tuple[dict, bytes]:
+    """A shipped model's checked card and its weights file's bytes, which match the card's sha256."""
+    folder = folder or trained_dir()
+    found = cards(folder)
+    card = found.get(name)
+    if card is None:
+        raise KaecError(f"{name}: no such trained model (available: {', '.join(found) or 'none'})")
+    check_card(card, folder / f"{name}.json")
+    path = folder / card["weights_file"]
+    data = read_regular(path, MAX_WEIGHTS_BYTES, "weights")
+    if hashlib.sha256(data).hexdigest() != card["file_sha256"]:
+        raise KaecError(f"{path}: sha256 differs from its card {name}.json; the file is damaged")
+    return card, data
 
-    have = sum(math.prod(shape) for shape in safetensors_header(data, path).values())
-    wanted = parameter_count(model_config(model, f"{path}: its card's config.model"))
-    if wanted > have:
-        raise KaecError(f"{path}: the config does not match the weights (it describes {wanted:,} parameter "
-                        f"values, the weights hold {have:,})")
+
+def read_graph(card: dict, part: str, folder: Path | None = None) -> bytes:
+    """The bytes of a shipped model's ONNX `part` (encoder or decoder), which match the card's sha256."""
+    folder = folder or trained_dir()
+    entry = (card.get("onnx") or {}).get(part)
+    if entry is None:
+        raise KaecError(f"{card['name']}: its card lists no ONNX graphs (a model promoted before they were "
+                        f"shipped); PyTorch runs it: {TRAINING_INSTALL}")
+    path = folder / entry["file"]
+    data = read_regular(path, MAX_GRAPH_BYTES, f"ONNX {part}")
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise KaecError(f"{path}: sha256 differs from its card {card['name']}.json; the file is damaged")
+    return data
+
+
+_NUMPY = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "I32": np.int32, "I64": np.int64,
+          "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+
+
+def tensors(data: bytes, path: Path, prefix: str = "") -> dict[str, np.ndarray]:
+    """Without torch: the tensors of a safetensors file whose names start with `prefix`, as read-only numpy
+    arrays over `data` (little-endian), each checked to fit the file (see safetensors_header)."""
+    import json
+    import struct
+
+    safetensors_header(data, path)  # every entry's dtype, shape and byte range checked
+    size = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + size])
+    out = {}
+    for name, entry in header.items():
+        if name == "__metadata__" or not name.startswith(prefix):
+            continue
+        if entry["dtype"] not in _NUMPY:
+            raise KaecError(f"{path}: tensor {name[:40]!r} has dtype {entry['dtype']}, which is not read here")
+        start, end = (8 + size + o for o in entry["data_offsets"])
+        dtype = np.dtype(_NUMPY[entry["dtype"]]).newbyteorder("<")
+        out[name] = np.frombuffer(data, dtype, (end - start) // dtype.itemsize, start).reshape(entry["shape"])
+    return out
+
+
+def weights_sha256_of(state: dict[str, np.ndarray]) -> str:
+    """The identity of weights (see the module docstring) from numpy arrays: the same value as
+    nn.models.weights_sha256 of the torch model holding them."""
+    h = hashlib.sha256()
+    for name, array in sorted(state.items()):
+        values = np.ascontiguousarray(array, dtype=np.float32)
+        h.update(f"{name}:{tuple(values.shape)};".encode())
+        h.update(values.tobytes())
+    return h.hexdigest()
 
 
 _DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
@@ -207,46 +209,6 @@ def _values(shape: list[int], limit: int) -> int:
         if count > limit:
             return limit + 1
     return count
-
-
-def load_trained(name: str, folder: Path | None = None) -> LoadedModel:
-    """A shipped model: its safetensors weights, checked against the sha256 on its card."""
-    from safetensors import SafetensorError
-
-    folder = folder or trained_dir()
-    card = cards(folder).get(name)
-    if card is None:
-        raise KaecError(f"{name}: no such trained model (available: {', '.join(cards(folder)) or 'none'})")
-    check_card(card, folder / f"{name}.json")
-    path = folder / card["weights_file"]
-    data = read_regular(path, MAX_WEIGHTS_BYTES, "weights")
-    if hashlib.sha256(data).hexdigest() != card["file_sha256"]:
-        raise KaecError(f"{path}: sha256 differs from its card {name}.json; the file is damaged")
-    _check_sizes(data, path, card["config"]["model"])
-    from safetensors.torch import load
-
-    try:
-        state = load(data)
-    except SafetensorError as e:
-        raise KaecError(f"{path}: not a readable safetensors file ({e})") from None
-    from kaecompress.nn.models import weights_sha256
-
-    model = build(card["config"], state, path)
-    return LoadedModel(model, name, card["config"], weights_sha256(model), card)
-
-
-def load_model(spec: str | Path | None = None) -> LoadedModel:
-    """A shipped model by name (default: mnist-kae-dec3), a finished run folder or a checkpoint file."""
-    spec = str(spec or default_model())
-    if spec in cards():
-        return load_trained(spec)
-    path = Path(spec)
-    if path.suffix == ".safetensors" and path.is_file():
-        return load_trained(path.stem, path.parent)
-    if path.exists():
-        return load_run(path)
-    raise KaecError(f"{spec}: no such trained model, run folder or checkpoint "
-                    f"(trained models: {', '.join(cards()) or 'none'})")
 
 
 def family(name: str) -> list[str]:
@@ -302,112 +264,3 @@ def find_by_hash(prefix: str) -> str | None:
     return None
 
 
-def promote(run_dir: str | Path, name: str, *, dest: Path | None = None, recipe: str | None = None,
-            data_root: str | Path | None = None, force: bool = False, family: str | None = None,
-            quality: int | None = None, float16: bool = False, context: bool = False) -> Path:
-    """Ship a finished run as a trained model: NAME.safetensors and a NAME.json card with its metrics on
-    the full validation split. Returns the card's path.
-
-    `float16` stores the float weights at half the size. They load back as float32 and the model computes
-    in float32, so the card's metrics and identity are those of the rounded weights, as shipped.
-    `context` (codec models) fits a linear context model to the latents of the training split
-    (kaecompress.codec.context) and ships it with the tables, where it predicts any latent."""
-    import re
-    from datetime import datetime, timezone
-
-    from safetensors.torch import save
-
-    from kaecompress.experiments.data import load_images
-    from kaecompress.evaluation.metrics import reconstruction_metrics
-
-    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]*", name):
-        raise KaecError(f"--name {name!r}: use lower-case letters, digits, '-' and '.'")
-    dest = Path(dest or trained_dir())
-    if not dest.is_dir():
-        raise KaecError(f"--dest {dest}: no such folder")
-    card_path = dest / f"{name}.json"
-    if card_path.exists() and not force:
-        raise KaecError(f"{card_path}: already exists (use --force to replace it)")
-    loaded = load_run(run_dir)
-    summary = runs.read_json(Path(run_dir) / runs.SUMMARY) or {}
-    if context and (loaded.model.prior is None or not loaded.model.prior.frozen):
-        raise KaecError(f"{run_dir}: --context is for codec models (runs trained with a codec: section)")
-    state = {k: v.contiguous() for k, v in loaded.model.state_dict().items()}
-    if float16:
-        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-        wide = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
-        if wide:
-            raise KaecError(f"{run_dir}: --float16: {wide[0]} holds values beyond float16's range (65504)")
-        loaded.model.load_state_dict(state)  # copies into the float32 parameters: what a loader gets
-    fitted = _fit_context(loaded, data_root) if context else None
-    if fitted:  # the context's buffers and the new tables join the state
-        state = {k: v.half() if float16 and v.is_floating_point() else v.contiguous()
-                 for k, v in loaded.model.state_dict().items()}
-    from kaecompress.nn.models import weights_sha256
-
-    loaded.weights_sha256 = weights_sha256(loaded.model)
-    weights = save(state)
-    images = load_images(loaded.dataset, False, data_root, loaded.model.shape)
-    recon = reconstruction_metrics(loaded.model, images)
-    fileio.atomic_write_bytes(dest / f"{name}.safetensors", weights)
-    card = {
-        "name": name,
-        "dataset": loaded.dataset,
-        "recipe": recipe,
-        "config": loaded.config,
-        "metrics": {"split": "test", "images": len(images), **recon},
-        "training": {k: summary.get(k) for k in ("inputs", "train_time_s", "throughput", "device", "torch",
-                                                 "final_val_loss", "finished_at")},
-        "params": sum(p.numel() for p in loaded.model.parameters()),
-        "compression_ratio": loaded.model.compression_ratio,
-        "latent_dim": loaded.model.latent_dim,
-        "input_shape": list(loaded.model.shape),
-        "weights_file": f"{name}.safetensors",
-        "weights_dtype": "float16" if float16 else "float32",
-        "file_sha256": hashlib.sha256(weights).hexdigest(),
-        "weights_sha256": loaded.weights_sha256,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    if context:
-        card["context"] = {"predicted_latents": fitted, "fitted_on": "train split"}
-    if loaded.model.prior is not None:
-        card.update(_codec_card(loaded, summary, images, dest, name, family, quality))
-    elif family is not None or quality is not None:
-        raise KaecError(f"{run_dir}: --family/--quality are for codec models (runs trained with a codec: section)")
-    runs.atomic_write_json(card_path, card)
-    return card_path
-
-
-def _fit_context(loaded: LoadedModel, data_root) -> int:
-    """Fit the codec model's context model to its rounded latents of the training split (see promote)."""
-    import torch
-
-    from kaecompress.experiments.data import load_images
-
-    images = load_images(loaded.dataset, True, data_root, loaded.model.shape)
-    with torch.no_grad():
-        latents = torch.cat([torch.round(loaded.model.encoder(images[i:i + 1000]))
-                             for i in range(0, len(images), 1000)])
-    return loaded.model.prior.fit_context(latents.to(torch.int64).numpy())
-
-
-def _codec_card(loaded: LoadedModel, summary: dict, images, dest: Path, name: str, family: str | None,
-                quality: int | None) -> dict:
-    """A codec model's card entries: its file id, family, lambda and whole-file bytes / PSNR on `images`."""
-    from kaecompress.experiments.codecstats import measure
-
-    if not loaded.model.prior.frozen:
-        raise KaecError(f"{loaded.name}: the run has no probability tables (it did not finish as a codec run)")
-    from kaecompress.codec.bitstream import MAX_COMPACT_ID
-
-    taken = {card.get("codec_id") for n, card in cards(dest).items() if n != name}
-    codec_id = next(i for i in range(1, MAX_COMPACT_ID + 2) if i not in taken)
-    if codec_id > MAX_COMPACT_ID:
-        raise KaecError(f"{dest}: all {MAX_COMPACT_ID} one-byte codec model ids are taken")
-    return {
-        "codec_id": codec_id,
-        "family": family,
-        "quality": quality,
-        "lambda": loaded.lmbda,
-        "codec_metrics": {"split": "test", **measure(loaded.model, images)},
-    }

@@ -98,7 +98,7 @@ def zoo(tmp_path_factory, mnist_root, mnist_train, mnist_val):
 
     from kaecompress.experiments.config import build_run
     from kaecompress.experiments.train import train_run
-    from kaecompress.zoo import promote
+    from kaecompress.experiments.promote import promote
 
     home = tmp_path_factory.mktemp("zoo")
     dest = home / "trained"

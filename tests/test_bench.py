@@ -51,6 +51,65 @@ def test_cpu_benchmark_end_to_end(env, tmp_path, mnist_root):
     assert 0 <= load["others_cpu_share"] <= 1 and 0 <= load["steal_share"] <= 1
     assert ("warning: the machine was busy while measuring" in r.stderr) == load["busy"]
     assert ("machine not busy" in r.stderr) != load["busy"]
+    assert result["skipped"] == [] and "note: skipped" not in r.stderr
+
+
+# What the runtime install lacks: a sitecustomize on PYTHONPATH makes these unimportable (None in sys.modules
+# is what `import` refuses and importlib.util.find_spec reports as absent), as in a venv without them.
+TRAINING_ONLY = ("torch", "torchvision", "onnx", "onnxscript", "safetensors", "yaml", "scipy", "matplotlib",
+                 "numba", "bjontegaard")
+
+
+def without_torch(tmp_path, env) -> dict:
+    import os
+
+    folder = tmp_path / "no-torch"
+    folder.mkdir(exist_ok=True)
+    (folder / "sitecustomize.py").write_text(f"import sys\nfor name in {TRAINING_ONLY!r}:\n    sys.modules[name] = None\n")
+    path = os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH", "")) if p)
+    return {**env, "PYTHONPATH": path, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+
+
+def test_without_torch_the_benchmark_measures_onnxruntime_and_says_what_it_skipped(env, tmp_path, mnist_root):
+    """The runtime install's bench: the shipped graphs in onnxruntime and Pillow; the PyTorch rows are
+    skipped, with one line on stderr and the reason in the JSON."""
+    out = tmp_path / "bench.json"
+    r = kaec("bench", "--provider", "cpu", "-m", "tiny-a", "--batch-sizes", "1,8", "--seconds", "0.02",
+             "--threads", "1", "--images", "50", "--json", out, "--data-root", mnist_root,
+             env=without_torch(tmp_path, env))
+    assert r.returncode == 0, r.stderr
+    result = json.loads(out.read_text())
+    assert result["provider_used"] == "CPUExecutionProvider" and result["model"] == "tiny-a"
+    assert result["images"] == 50 and result["device"] == "cpu"
+    combos = {(row["part"], row["runtime"], row["batch"]) for row in result["inference"]}
+    assert combos == {(p, "onnxruntime-cpu", b) for p in ("encoder", "decoder") for b in (1, 8)}
+    for row in result["inference"]:
+        assert row["images_per_s"] > 0 and 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
+        assert row["vs_pytorch_eager"] is None
+    assert [s["runtime"] for s in result["skipped"]] == ["pytorch-eager", "torchscript"]
+    assert all("PyTorch is not installed" in s["why"] for s in result["skipped"])
+    notes = [line for line in r.stderr.splitlines() if line.startswith("note: skipped")]
+    assert len(notes) == 1 and "pytorch-eager, torchscript" in notes[0] and "kaecompress[cpu,train]" in notes[0]
+    assert "Traceback" not in r.stderr and "vs eager" not in r.stdout
+    env_info = result["environment"]
+    assert env_info["torch"] is None and env_info["torch_threads"] is None and env_info["onnxruntime"]
+    assert env_info["ort_intra_op_threads"] == 1 and env_info["threads_chosen"] is False
+    q = result["quality"]  # the same figures as with torch (test_cpu_benchmark_end_to_end), through the Codec
+    assert q["compression_ratio_values"] == 98.0 and 40 < q["kae_bytes_per_image"] < 60 and q["kae_version"] == 1
+    assert q["kae_uint8_psnr_db"] <= q["psnr_db"] + 0.5 and q["psnr_db"] > 10
+    assert {b["codec"] for b in result["pillow"]} == {"jpeg", "webp", "png"}
+    assert not (tmp_path / "cache" / "kaecompress" / "exports").exists()  # the shipped graphs, not an export
+
+
+def test_without_torch_what_the_benchmark_cannot_run_is_refused_in_one_line(env, tmp_path, mnist_root):
+    run = tmp_path / "run"
+    run.mkdir()
+    r = kaec("bench", "-m", run, "--data-root", mnist_root, env=without_torch(tmp_path, env))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "kaecompress[cpu,train]" in r.stderr, r.stderr
+    if not _cuda_ready():
+        r = kaec("bench", "--provider", "cuda", "-m", "tiny-a", "--data-root", mnist_root,
+                 env=without_torch(tmp_path, env))
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: --provider cuda: ")
 
 
 def test_a_busy_machine_is_detected_and_gets_fewer_threads(monkeypatch):
@@ -59,7 +118,9 @@ def test_a_busy_machine_is_detected_and_gets_fewer_threads(monkeypatch):
     import subprocess
     import sys
 
-    from kaecompress.evaluation.bench import MachineLoad, default_threads
+    from kaecompress.evaluation.bench import MachineLoad
+
+    from kaecompress.runtime.sessions import default_threads
 
     cores = os.cpu_count()
     monitor = MachineLoad()
@@ -89,8 +150,8 @@ def test_bad_batch_sizes_and_json_paths_are_refused_before_measuring(env, tmp_pa
 
 @pytest.fixture
 def exported_tiny(env, tmp_path, monkeypatch, mnist_root):
-    from kaecompress.codec.images import export_cache
-    from kaecompress.zoo import load_model
+    from kaecompress.experiments.export_cache import export_cache
+    from kaecompress.experiments.loading import load_model
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     loaded = load_model("tiny-a")
@@ -100,7 +161,7 @@ def exported_tiny(env, tmp_path, monkeypatch, mnist_root):
 def test_io_binding_runs_the_session_and_keeps_the_result_on_the_device(exported_tiny, mnist_val):
     """The CUDA figure's IO-binding code, run on CPU OrtValues so it is exercised without a GPU."""
     from kaecompress.evaluation.bench import iobinding_run
-    from kaecompress.exporters.formats import onnx_session
+    from kaecompress.runtime.sessions import onnx_session
 
     loaded, folder = exported_tiny
     session = onnx_session(folder / "encoder.onnx")
@@ -116,15 +177,17 @@ def test_io_binding_runs_the_session_and_keeps_the_result_on_the_device(exported
 def test_a_cuda_session_that_fell_back_to_cpu_is_refused(exported_tiny, monkeypatch):
     """onnxruntime asked for CUDA where it cannot load builds a CPU session and only logs it; with a GPU
     pretended visible, that session is what the check sees, and it must refuse."""
-    from kaecompress.exporters.formats import cuda_sessions
+    from kaecompress.runtime.sessions import cuda_sessions
     from kaecompress.errors import KaecError
-    from kaecompress.exporters.formats import import_onnxruntime
+    from kaecompress.runtime.sessions import import_onnxruntime
 
     ort = import_onnxruntime()  # the module the package uses, imported with its telemetry off
 
     if _cuda_ready():
         pytest.skip("CUDA really works here")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    from kaecompress.runtime import sessions
+
+    monkeypatch.setattr(sessions, "_gpu_visible", lambda: True)
     available = ort.get_available_providers()
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", *available])
     with pytest.raises(KaecError, match=r"^--provider cuda: .*session runs on \['CPUExecutionProvider'\]"):
@@ -136,7 +199,7 @@ def test_a_cuda_session_that_fell_back_to_cpu_is_refused(exported_tiny, monkeypa
 def _cuda_ready() -> bool:
     import torch
 
-    from kaecompress.exporters.formats import import_onnxruntime
+    from kaecompress.runtime.sessions import import_onnxruntime
 
     ort = import_onnxruntime()
 

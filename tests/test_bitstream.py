@@ -339,7 +339,8 @@ def make_golden_pixels() -> None:
 
 def _library_decode(path: Path):
     """kaecompress's own decode of a golden file with the golden export: bitstream, onnxruntime, assembly."""
-    from kaecompress.codec.images import Codec, OnnxBackend
+    from kaecompress.codec.images import Codec
+    from kaecompress.runtime.backend import OnnxBackend
     from kaecompress.codec.containers import Encoded
 
     data = path.read_bytes()
@@ -465,7 +466,7 @@ def _library_pixels(run, symbols, header, backend, monkeypatch, tmp_path):
     """What kaecompress decodes from the latent integers: its Codec on the given backend, as a uint8 array."""
     from kaecompress.codec.images import Codec
     from kaecompress.codec.containers import Encoded
-    from kaecompress.zoo import load_model
+    from kaecompress.experiments.loading import load_model
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     codec = Codec(load_model(run), backend=backend)

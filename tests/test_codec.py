@@ -9,7 +9,7 @@ from PIL import Image
 from kaecompress import KaecError
 from kaecompress.codec.images import Codec
 from kaecompress.codec.containers import from_kae, to_kae
-from kaecompress.zoo import load_model
+from kaecompress.experiments.loading import load_model
 
 from conftest import kaec
 
@@ -86,7 +86,7 @@ def test_torch_and_onnx_backends_agree(env, mnist_val, tmp_path, monkeypatch):
         assert np.abs(x.latents - y.latents).max() <= 1e-4
     z = np.concatenate([e.latents.reshape(-1, 8) for e in a])
     assert np.abs(torch_codec.backend.decode(z) - onnx_codec.backend.decode(z)).max() <= 1e-4
-    assert (tmp_path / "cache" / "kaecompress" / "exports" / loaded.weights_sha256[:16] / "encoder.onnx").is_file()
+    assert not (tmp_path / "cache").exists()  # a shipped model runs its own graphs: nothing is exported
 
 
 def test_kae_quantisation(env, mnist_val):
@@ -209,10 +209,11 @@ def test_a_file_from_a_model_that_is_not_shipped_says_to_pass_it(env, mnist_val,
     assert "pass --model with the run folder or checkpoint that encoded it" in r.stderr
 
 
-def test_a_damaged_export_cache_is_rebuilt(env, mnist_val, mnist_root, tmp_path):
+def test_a_damaged_export_cache_is_rebuilt(env, zoo, mnist_val, mnist_root, tmp_path):
+    """A run folder has no shipped graphs: --backend onnx exports it once into the user's cache."""
     digit(mnist_val).save(tmp_path / "d.png")
     env = {**env, "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    args = ("encode", tmp_path / "d.png", "-o", tmp_path / "z.npy", "-m", "tiny-a", "--backend", "onnx",
+    args = ("encode", tmp_path / "d.png", "-o", tmp_path / "z.npy", "-m", zoo.parent / "tiny-a", "--backend", "onnx",
             "--data-root", mnist_root)
     assert kaec(*args, env=env).returncode == 0
     (manifest,) = (tmp_path / "cache").rglob("manifest.json")
@@ -244,3 +245,18 @@ def test_large_images_in_strips_match_the_whole_image_path(monkeypatch, mode, si
         image = codec.decompress(strips)
         monkeypatch.setattr(codec_module, "STRIP_TILES", 4096)
         assert image.mode == whole_image.mode == mode and np.array_equal(np.asarray(image), np.asarray(whole_image))
+
+
+def test_a_large_batch_prints_a_screenful_and_names_all_in_json(mnist_val, tmp_path):
+    """Thousands of outputs: the table shows the first TABLE_ROWS and what the rest add up to; --json all."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(23):
+        digit(mnist_val, i).save(src / f"d{i:02d}.png")
+    r = kaec("encode", src, "-o", tmp_path / "z", "--backend", "onnx")
+    assert r.returncode == 0, r.stderr
+    total = sum(p.stat().st_size for p in (tmp_path / "z").iterdir())
+    assert "23 files encoded" in r.stdout and "d19.kae" in r.stdout and "d20.kae" not in r.stdout
+    assert f"and 3 more, {total:,} bytes in all; --json lists every file" in r.stdout
+    r = kaec("decode", tmp_path / "z", "-o", tmp_path / "out", "--json")
+    assert r.returncode == 0 and len(json.loads(r.stdout)) == 23

@@ -52,7 +52,7 @@ def codec_runs(tmp_path_factory, mnist_train, mnist_val):
 @pytest.fixture(scope="session")
 def codec_zoo(tmp_path_factory, codec_runs, zoo, mnist_root):
     """A trained/ folder holding a codec family (mnist q1..q3, from the three runs) and a plain model."""
-    from kaecompress.zoo import promote
+    from kaecompress.experiments.promote import promote
 
     home, _ = codec_runs
     dest = tmp_path_factory.mktemp("codec-zoo")
@@ -220,7 +220,7 @@ def test_encode_quality_and_decode_round_trip_bit_exact(codec_env, tmp_path, mni
     the pixels the library decodes from the same latent integers."""
     from kaecompress.codec import bitstream
     from kaecompress.codec.images import Codec
-    from kaecompress.zoo import load_model
+    from kaecompress.experiments.loading import load_model
 
     src = digit_png(tmp_path / "d.png", mnist_val[3])
     r = kaec("encode", src, "-o", tmp_path / "d.kae", "--quality", "2", env=codec_env)
@@ -238,7 +238,7 @@ def test_encode_quality_and_decode_round_trip_bit_exact(codec_env, tmp_path, mni
 
 def test_many_tiles_and_colour_round_trip(codec_env, tmp_path, mnist_val):
     from kaecompress.codec.images import Codec
-    from kaecompress.zoo import load_model
+    from kaecompress.experiments.loading import load_model
 
     rgb = np.stack([(mnist_val[i][0].numpy() * 255).astype(np.uint8) for i in range(3)], -1)
     big = np.tile(rgb, (2, 3, 1))[:50, :70]
@@ -258,7 +258,7 @@ def test_many_tiles_and_colour_round_trip(codec_env, tmp_path, mnist_val):
 
 def test_onnx_backend_decodes_within_one_level(codec_env, tmp_path, mnist_val):
     from kaecompress.codec.images import Codec
-    from kaecompress.zoo import load_model
+    from kaecompress.experiments.loading import load_model
 
     loaded = load_model("mnist-q1")
     torch_codec, onnx_codec = Codec(loaded), Codec(loaded, backend="onnx")
@@ -331,7 +331,7 @@ def test_float16_weights_ship_at_half_size_and_load_as_stored(codec_runs, codec_
     from kaecompress.codec.images import Codec
     from kaecompress.experiments.codecstats import measure
     from kaecompress.experiments.data import load_images
-    from kaecompress.zoo import load_run, load_trained
+    from kaecompress.experiments.loading import load_run, load_trained
 
     home, _ = codec_runs
     dest = _promote_q3(home, tmp_path, mnist_root, "--float16")
@@ -372,7 +372,7 @@ def test_context_model_codes_fewer_bytes_and_every_decoder_follows_it(codec_runs
     from kaecompress.codec.images import Codec
     from kaecompress.experiments.codecstats import measure
     from kaecompress.experiments.data import load_images
-    from kaecompress.zoo import load_trained
+    from kaecompress.experiments.loading import load_trained
 
     home, _ = codec_runs
     dest = _promote_q3(home, tmp_path, mnist_root, "--context")
@@ -420,7 +420,7 @@ def write_golden() -> None:
     """Regenerate the shipped models' golden files (only on purpose: a new model or format)."""
     from kaecompress.codec.images import Codec
     from kaecompress.experiments.data import load_images
-    from kaecompress.zoo import load_model
+    from kaecompress.experiments.loading import load_model
 
     GOLDEN.mkdir(parents=True, exist_ok=True)
     for model, dataset, indices in GOLDEN_CASES:
@@ -442,7 +442,7 @@ def test_golden_files_of_shipped_models_decode_bit_exact(model, tmp_path):
     `kaec decode` gives the committed pixels bit for bit (this platform, the torch backend), within one
     level on onnxruntime."""
     from kaecompress.codec.images import Codec
-    from kaecompress.zoo import load_model
+    from kaecompress.experiments.loading import load_model
 
     files = sorted(p for p in GOLDEN.glob(f"{model}-*.kae") if re.fullmatch(rf"{model}-(\d+|row)", p.stem))
     assert len(files) == len({m: i for m, _, i in GOLDEN_CASES}[model]) + 1
@@ -472,7 +472,7 @@ def test_a_file_whose_latents_restore_beyond_32_bits_is_refused(tmp_path):
     to latents beyond the 32-bit bound: one line naming it, exit 2, nothing written; the good file beside it
     in the same call does not hide it."""
     from kaecompress.codec import bitstream
-    from kaecompress.zoo import load_model
+    from kaecompress.experiments.loading import load_model
 
     loaded = load_model("mnist-q6")
     prior = loaded.model.prior

@@ -26,7 +26,7 @@ from kaecompress.codec import bitstream, containers
 from kaecompress.codec.images import Codec
 from kaecompress.codec.containers import Encoded
 from kaecompress.errors import KaecError
-from kaecompress.zoo import load_model
+from kaecompress.experiments.loading import load_model
 
 SHIPPED = Path(__file__).parent / "data" / "golden" / "shipped"
 CRASHERS = Path(__file__).parent / "data" / "crashers"

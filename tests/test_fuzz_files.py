@@ -24,7 +24,8 @@ from fuzzing import FUZZ, bounded, peak_mb
 from kaecompress import KaecError
 from kaecompress.experiments.config import load_experiment
 from kaecompress.evaluation.rd import Curve, Point, RDResult, compare, load_json, to_json
-from kaecompress.zoo import _check_sizes, cards, check_card, safetensors_header, trained_dir
+from kaecompress.zoo import cards, check_card, safetensors_header, trained_dir
+from kaecompress.experiments.loading import _check_sizes
 
 CRASHERS = Path(__file__).parent / "data" / "crashers"
 STUDY = Path(__file__).parent / "data" / "study-cnn-kae-01.yml"

@@ -20,7 +20,8 @@ from PIL import Image
 
 from kaecompress.codec.images import Codec
 from kaecompress.codec.containers import MAX_PIXELS, Encoded, to_kae, to_npz
-from kaecompress.zoo import DEFAULT_MODEL, load_model
+from kaecompress.zoo import DEFAULT_MODEL
+from kaecompress.experiments.loading import load_model
 
 from conftest import kaec, kaec_bounded
 
@@ -484,10 +485,10 @@ def test_a_damaged_file_is_refused_before_torch_even_with_model_named(tmp_path):
 
 @pytest.mark.parametrize("args, needle", [
     (["encode", "{png}", "-o", "{out}/z.kae", "--fit", "stretch"], "--fit: expected tile or resize, got 'stretch'"),
-    (["encode", "{png}", "-o", "{out}/z.kae", "--backend", "tf"], "--backend: expected torch or onnx, got 'tf'"),
+    (["encode", "{png}", "-o", "{out}/z.kae", "--backend", "tf"], "--backend: expected auto, torch or onnx, got 'tf'"),
     (["encode", "{png}", "-o", "{out}/z.kae", "--device", "tpu"], "--device: expected cpu, cuda, auto, got 'tpu'"),
     (["encode", "{png}", "-o", "{out}/z.kae", "--rdo", "2", "--model", DEFAULT_MODEL], "--rdo: mnist-kae-dec3 has no"),
-    (["decode", "{kae}", "-o", "{out}/o.png", "--backend", "tf"], "--backend: expected torch or onnx, got 'tf'"),
+    (["decode", "{kae}", "-o", "{out}/o.png", "--backend", "tf"], "--backend: expected auto, torch or onnx, got 'tf'"),
 ])
 def test_options_are_refused_before_torch(tmp_path, mnist_val, args, needle):
     """Issue 26 case 9: `--fit stretch` was refused only once the model had loaded (10 s)."""

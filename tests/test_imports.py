@@ -85,8 +85,44 @@ def test_the_library_never_imports_the_cli():
 
 def test_reading_and_checking_files_needs_no_torch():
     code = ("import sys\n"
-            "import kaecompress.fileio, kaecompress.codec.containers, kaecompress.codec.bitstream, kaecompress.codec.rangecoder\n"
-            "import kaecompress.zoo, kaecompress.experiments.config, kaecompress.experiments.runs, kaecompress.exporters.manifest\n"
+            "import kaecompress.fileio, kaecompress.codec.containers, kaecompress.codec.bitstream\n"
+            "import kaecompress.codec.rangecoder, kaecompress.zoo, kaecompress.experiments.config\n"
+            "import kaecompress.experiments.runs, kaecompress.exporters.manifest\n"
             "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "[]", (r.stdout, r.stderr)
+
+
+# The package's floors, lowest first: a module imports from its own floor or lower ones only.
+FLOORS = ["kaecompress kaecompress.errors kaecompress.fileio kaecompress.outputs", "kaecompress.zoo",
+          "kaecompress.codec", "kaecompress.runtime", "kaecompress.nn", "kaecompress.exporters",
+          "kaecompress.experiments", "kaecompress.api", "kaecompress.evaluation", "kaecompress.cli"]
+
+
+def _floor(module: str) -> int:
+    for i, names in enumerate(FLOORS):
+        for n in names.split():
+            if module == n or (n != "kaecompress" and module.startswith(n + ".")):
+                return i
+    raise AssertionError(f"{module} has no floor")
+
+
+def test_every_module_imports_only_its_floor_or_lower():
+    upward = sorted(f"{m} -> {d}" for m, deps in _graph().items() for d in deps if _floor(d) > _floor(m))
+    assert upward == []
+
+
+def test_the_runtime_floors_never_import_torch():
+    """codec, zoo and runtime (and what they stand on) import no training-side package, even inside a
+    function: they are the runtime install."""
+    heavy = {"torch", "torchvision", "onnx", "onnxscript", "safetensors", "yaml", "scipy", "matplotlib",
+             "bjontegaard", "filelock"}
+    found = []
+    for name, path in _modules().items():
+        if _floor(name) > FLOORS.index("kaecompress.runtime"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            roots = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            found += [f"{name}: {r}" for r in roots if r.split(".")[0] in heavy]
+    assert found == []

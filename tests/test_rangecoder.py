@@ -373,7 +373,7 @@ def digit_run(tmp_path_factory, mnist_train, mnist_val):
 
 @pytest.fixture(scope="module")
 def digit_model(digit_run):
-    from kaecompress.zoo import load_model
+    from kaecompress.experiments.loading import load_model
 
     return load_model(digit_run).model
 

@@ -17,7 +17,7 @@ from kaecompress.evaluation.bdrate import bd, pareto, rate_at_psnr
 from kaecompress.evaluation.metrics import PSNR_CAP_DB, psnr_8bit, ssim
 from kaecompress.evaluation.rd import (CODECS, Curve, RDResult, codec_files, compare, group_models, load_dataset,
                             model_files, payload_bytes, resolve_models, run_rd, score)
-from kaecompress.zoo import load_model
+from kaecompress.experiments.loading import load_model
 
 from conftest import kaec
 

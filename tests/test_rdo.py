@@ -12,7 +12,7 @@ from kaecompress.codec import rangecoder, rdo
 from kaecompress.codec.images import Codec
 from kaecompress.experiments.codecstats import psnr_8bit, to_pixels
 from kaecompress.errors import KaecError
-from kaecompress.zoo import load_model
+from kaecompress.experiments.loading import load_model
 
 N = 96
 

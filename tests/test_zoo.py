@@ -8,8 +8,9 @@ import torch
 import yaml
 from PIL import Image
 
-from kaecompress.evaluation.metrics import reconstruction_metrics
-from kaecompress.zoo import DEFAULT_MODEL, cards, load_model
+from kaecompress.experiments.codecstats import reconstruction_metrics
+from kaecompress.zoo import DEFAULT_MODEL, cards
+from kaecompress.experiments.loading import load_model
 
 from conftest import kaec
 

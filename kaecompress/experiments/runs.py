@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from kaecompress.fileio import atomic_write_bytes, atomic_write_text
+from kaecompress.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, finite  # noqa: F401 (runs.X)
 
 CONFIG = "config.yml"
 METRICS = "metrics.jsonl"
@@ -82,21 +82,6 @@ def check_run_dir(runs_root: str | Path, directory: str | Path) -> Path:
     for name in RUN_ENTRIES:
         check_inside(runs_root, Path(directory) / name)
     return real
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """Strict JSON: NaN and infinities (not JSON) are written as null."""
-    atomic_write_text(path, json.dumps(finite(obj), indent=2, sort_keys=True, allow_nan=False) + "\n")
-
-
-def finite(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite(v) for v in obj]
-    return obj
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
