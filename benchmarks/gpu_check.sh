@@ -13,10 +13,11 @@
 #                                                 installs, then trains the quick start on CUDA, `kaec bench --provider
 #                                                 cuda --json` (only when the onnxruntime-gpu parts are all there: else
 #                                                 a visible SKIP), the CUDA tests, the codec families on CPU and CUDA
-#                                                 (benchmarks/codec_devices.py) and a 4-run sweep with --workers 4
-#                                                 --runs-per-gpu 4
+#                                                 (benchmarks/codec_devices.py), a 4-run sweep with --workers 4
+#                                                 --runs-per-gpu 4 and 8 runs packed against one by one
+#                                                 (benchmarks/pack_speed.py)
 #   KAEC_GPU_ONLY=bench,codec bash benchmarks/gpu_check.sh   there: the install and only the steps named
-#                                                 (quickstart, bench, tests, codec, sweep)
+#                                                 (quickstart, bench, tests, codec, sweep, pack)
 #   bash benchmarks/gpu_check.sh --dry-run        anywhere: the same steps on CPU without training (kaec --dry-run,
 #                                                 the bench's CUDA refusal, test collection, the codec check on 200
 #                                                 images with `auto` standing in for cuda), to check the script
@@ -27,7 +28,7 @@ cd "$(dirname "$0")/.."
 MODE=run
 case "${1:-}" in
   --prepare) MODE=prepare ;; --receive-parts) MODE=receive ;; --dry-run) MODE=dry ;; "") ;;
-  -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+  -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
   *) echo "error: $1: unknown option (expected --prepare, --receive-parts, --dry-run or nothing)" >&2; exit 2 ;;
 esac
 WHEELS=${KAEC_GPU_WHEELS:-.gpu-wheels}
@@ -249,6 +250,20 @@ else
   $PY -c "
 import json; s = json.load(open('$OUT/sweep.json'))
 for r in s: print('FIGURE sweep4_%s_samples_per_s %.0f on %s' % (r['matrix_slug'], r['throughput'], r['device']))"
+fi
+fi
+
+if wants pack; then
+step "packed training against one by one on $DEVICE (benchmarks/pack_speed.py)"
+if [ "$DRY" = 1 ]; then  # the script end to end on a few inputs: checks it, measures nothing
+  $PY benchmarks/pack_speed.py --device cpu --runs 2 --inputs 128 --val 100 --json "$WORK/pack.json" | tail -3 || exit 1
+else
+  $PY benchmarks/pack_speed.py --device cuda --runs 8 --inputs 25600 --json "$OUT/pack_speed.json" || exit 1
+  $PY -c "
+import json; r = json.load(open('$OUT/pack_speed.json'))
+for mode in ('one_by_one', 'packed'):
+    print('FIGURE pack_%s_total_samples_per_s %.0f' % (mode, r[mode]['total_samples_per_s']))
+print('FIGURE pack_speedup_total %s' % r['speedup_total'])"
 fi
 fi
 

@@ -32,7 +32,7 @@ def train(
                                              "512M, 50%); default: 80% of this machine's memory."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, envvar="KAEC_THREADS",
                                           help="CPU threads per run (overrides train.threads); default: 1, "
-                                          "the fastest on a busy 2-core machine (see README)."),
+                                          "the fastest on a busy 2-core machine (benchmarks/train_threads.py)."),
     workers: str = typer.Option("1", "--workers", help="Runs trained at once, each in its own process on this "
                                 "machine: a number, or auto (one per core, or --runs-per-gpu per GPU). Threads "
                                 "per worker: cores / workers unless --threads or train.threads is set."),
@@ -41,6 +41,11 @@ def train(
                                       "cluster (needs Ray: the optional extra named ray): ADDRESS, or alone for Ray's own discovery "
                                       "(a running `ray start` cluster, else a local one). --runs-dir must be a "
                                       "folder every node sees."),
+    pack: str = typer.Option("auto", "--pack", metavar="auto|N|off", help="Train runs that differ only in "
+                             "numbers (trial, optimizer, lr) together as one batched model, each with its own "
+                             "folder, checkpoint and summary: at most N per pack; auto: off until packing is measured "
+                             "to pay (on the CPU it does not); off: one by one. Only without --workers or --ray; "
+                             "codec runs always train alone."),
 ) -> None:
     """Train every run of an experiment: finished runs are skipped, interrupted ones resume."""
     import os
@@ -51,6 +56,9 @@ def train(
 
     from kaecompress.cli.progress import SweepProgress, out, plural, runs_table
 
+    from kaecompress.experiments.packing import parse_pack
+
+    pack_mode = parse_pack(pack)  # before anything loads
     limit = parse_size(max_memory) if max_memory else None
     if max_memory:  # runs trained in this process check against the same limit
         os.environ["KAEC_MAX_MEMORY"] = max_memory
@@ -100,7 +108,7 @@ def train(
     with display as progress:
         try:
             report = run_sweep(selected, runs_dir, reset=reset, data_root=data_root, device=device,
-                               on_run=getattr(progress, "on_run", None), executor=executor)
+                               on_run=getattr(progress, "on_run", None), executor=executor, pack=pack_mode)
         except KeyboardInterrupt:
             progress.stop()
             raise Interrupted("a run cut short keeps its checkpoint; run the same command again to resume") from None

@@ -163,6 +163,6 @@ def env_threads() -> int | None:
 def default_threads() -> int:
     """CPU threads for training when neither `--threads` nor `train.threads` says: one. On the 2-core
     development machine shared with other jobs, one thread trained the quick-start model 5.9-6.4x faster
-    than torch's default of two (`benchmarks/train_threads.py`; figures in the README): a second thread
+    than torch's default of two (`benchmarks/train_threads.py`): a second thread
     waits on a core someone else holds, and every step waits for it."""
     return 1

@@ -187,14 +187,16 @@ def failed_summary(cfg: RunConfig, directory: Path, e: BaseException) -> dict:
 def run_sweep(selected: list[RunConfig], runs_root: str | Path, *, reset: bool = False,
               data_root: str | Path | None = None, device: str | None = None,
               on_run: Callable[[int, RunConfig, str], object] | None = None,
-              executor: Executor | None = None) -> SweepReport:
+              executor: Executor | None = None, pack: str | int = "off") -> SweepReport:
     """Train the selected runs, in order or through `executor`. `on_run(index, cfg, status)` is called
     before each run in order (status "busy" for a run another process holds) and may return a
     train.Progress for it. A run that raises is recorded as failed and the sweep goes on;
     KeyboardInterrupt stops the sweep (the interrupted run keeps its checkpoint). Everything that can
     reject the sweep (links in the runs folder, configs, devices, the executor (`preflight()`, when it
     has one), data, runs trained with other settings, runs that `reset` would delete under another
-    process) is checked before any run folder is touched."""
+    process) is checked before any run folder is touched. `pack` (auto, off or the most runs per pack)
+    trains runs that share their shapes together (kaecompress.experiments.packing); only without an
+    executor: with workers or Ray every run trains alone."""
     dirs = [run_dir(runs_root, cfg) for cfg in selected]
     for d in dirs:  # before anything in a run folder is read: a link there is never followed
         runs.check_run_dir(runs_root, d)
@@ -227,6 +229,12 @@ def run_sweep(selected: list[RunConfig], runs_root: str | Path, *, reset: bool =
     outcomes: dict[int, Outcome] = {}
     if executor is not None and pending:
         outcomes = executor(pending, total=len(selected), data_root=data_root, device=device)
+    packs = {}  # the first member's index -> its pack
+    if executor is None and pack != "off":
+        from kaecompress.experiments.packing import plan_packs
+
+        packs = {p[0].index: p for p in plan_packs(pending, pack, device, data_root)}
+    packed = {job.index for p in packs.values() for job in p}
     for i, (cfg, directory, status) in enumerate(zip(selected, dirs, statuses)):
         if status in runs.DONE_STATES:
             if on_run and executor is None:
@@ -234,6 +242,13 @@ def run_sweep(selected: list[RunConfig], runs_root: str | Path, *, reset: bool =
             outcome = ("skipped", runs.read_json(directory / runs.SUMMARY))
         elif executor is not None:
             outcome = outcomes[i]
+        elif i in packed:
+            if i in packs:  # the pack trains at its first member; the others find their outcomes here
+                outcomes.update(_run_pack(packs[i], data_root=data_root, device=device,
+                                          images=load_run_data(cfg, data_root, images), on_run=on_run))
+            outcome = outcomes[i]
+            if outcome[0] == "busy" and on_run:
+                on_run(i, cfg, "busy")
         else:
             late = _LateProgress(lambda i=i, cfg=cfg, status=status: on_run(i, cfg, status) if on_run else None)
             outcome = run_one(cfg, directory, data_root=data_root, device=device, progress=late,
@@ -336,3 +351,68 @@ def plan(selected: list[RunConfig], runs_root: str | Path, device: str | None = 
     check_runs([cfg for cfg, (status, _) in zip(selected, states)
                 if status not in (*runs.DONE_STATES, "stale")], device)
     return states
+
+
+def _run_pack(jobs: list, *, data_root=None, device: str | None = None, images: tuple,
+             on_run=None) -> dict[int, tuple]:
+    """sweep.run_one for a pack: each member under its own lock (a member another process holds is left to
+    it, "busy"), checked again under it, an attempt logged per member, then trained together. A crash other
+    than KaecError or Ctrl-C marks the pack's unfinished members failed. Returns each job's Outcome."""
+    import os
+    import socket
+    import time
+
+    from kaecompress.experiments.packing import train_pack
+    from kaecompress.experiments.runlock import RunBusy, RunLock, attempt_log, node_id
+    from kaecompress.experiments.train import load_checkpoint
+
+    outcomes: dict[int, tuple] = {}
+    held, train = [], []
+    try:
+        for job in jobs:
+            runs.check_run_dir(runs_root_of(job.directory, job.cfg), job.directory)
+            lock = RunLock(job.directory)
+            try:
+                lock.acquire(wait_s=0.0)
+            except RunBusy as e:
+                outcomes[job.index] = ("busy", e.holder)
+                continue
+            held.append(lock)
+            status, changes = run_state(job.directory, job.cfg)
+            if changes:
+                raise KaecError(runs.stale_message(job.directory, changes))
+            if status in runs.DONE_STATES:
+                outcomes[job.index] = ("skipped", runs.read_json(job.directory / runs.SUMMARY))
+                continue
+            train.append(job)
+        if not train:
+            return outcomes
+        progresses = [None] * len(train)
+        for k in [*range(1, len(train)), 0]:  # the first member's bar last: it is the one shown
+            job = train[k]
+            ckpt = job.directory / runs.CHECKPOINT
+            attempt_log(job.directory, {"node": node_id(), "host": socket.gethostname(), "pid": os.getpid(),
+                                        "started_at": time.time(), "packed_with": len(train),
+                                        "resumed_from": load_checkpoint(ckpt).get("inputs", 0) if ckpt.is_file()
+                                        else 0})
+            if on_run:
+                progresses[k] = on_run(job.index, job.cfg, "pending")
+        try:
+            summaries = train_pack([j.cfg for j in train], [j.directory for j in train], train_images=images[0],
+                                   val_images=images[1], device=device, progresses=progresses)
+        except (KeyboardInterrupt, KaecError):
+            raise
+        except Exception as e:  # a crash in one pack must not end the sweep
+            summaries = []
+            for job in train:
+                summary = runs.read_json(job.directory / runs.SUMMARY) if (job.directory / runs.SUMMARY).is_file() \
+                    else None
+                if not summary or summary.get("status") not in runs.DONE_STATES:
+                    summary = failed_summary(job.cfg, job.directory, e)
+                summaries.append(summary)
+        for job, summary in zip(train, summaries):
+            outcomes[job.index] = ("trained", summary)
+        return outcomes
+    finally:
+        for lock in held:
+            lock.release()

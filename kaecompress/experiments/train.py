@@ -239,15 +239,7 @@ def _train_run(cfg, run_dir, data_root, device, progress, train_images, val_imag
     if dev.type == "cuda":  # the whole set fits on the device and saves a copy per batch
         train_images = train_images.to(dev)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in run_dir.glob(".*.tmp"):  # left by a write that a kill -9 cut short
-        stale.unlink(missing_ok=True)
-    if status == "failed":  # resuming: the run is interrupted again until it ends
-        (run_dir / runs.SUMMARY).unlink(missing_ok=True)
-    import yaml
-
-    fileio.atomic_write_text(run_dir / runs.CONFIG, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    runs.truncate_metrics(run_dir, state.inputs)
+    prepare_run_dir(run_dir, cfg, status, state.inputs)
     scalars = _Scalars(run_dir / "tb")
     try:
         with _interrupt_at_batch_end() as stop:
@@ -259,7 +251,36 @@ def _train_run(cfg, run_dir, data_root, device, progress, train_images, val_imag
         raise
     finally:
         scalars.close()
-    summary = {
+    summary = run_summary(cfg, status, state, model, dev)
+    if status == "finished":
+        if cfg.codec is not None:
+            model.prior.freeze()  # the integer tables every file of this model is coded with
+        _save_checkpoint(ckpt_path, model, optimizer, cfg, state)
+        if cfg.codec is not None:  # after the checkpoint: a failure here keeps the trained weights
+            from kaecompress.experiments.codecstats import measure
+
+            summary.update(measure(model.cpu().eval(), val_images))
+    runs.atomic_write_json(run_dir / runs.SUMMARY, summary)
+    return summary
+
+
+def prepare_run_dir(run_dir: Path, cfg: RunConfig, status: str, inputs: int) -> None:
+    """The run folder as training (re)starts it: stale temporaries gone, its config written, its metrics cut
+    back to the checkpoint's `inputs`. Shared with kaecompress.experiments.packing."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in run_dir.glob(".*.tmp"):  # left by a write that a kill -9 cut short
+        stale.unlink(missing_ok=True)
+    if status == "failed":  # resuming: the run is interrupted again until it ends
+        (run_dir / runs.SUMMARY).unlink(missing_ok=True)
+    import yaml
+
+    fileio.atomic_write_text(run_dir / runs.CONFIG, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    runs.truncate_metrics(run_dir, inputs)
+
+
+def run_summary(cfg: RunConfig, status: str, state: _State, model, dev: torch.device) -> dict:
+    """The summary a run ends with (before any codec measurements)."""
+    return {
         "status": status,
         "experiment_name": cfg.experiment_name,
         "matrix_id": cfg.matrix_id,
@@ -279,16 +300,11 @@ def _train_run(cfg, run_dir, data_root, device, progress, train_images, val_imag
         "torch": torch.__version__,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    if status == "finished":
-        if cfg.codec is not None:
-            model.prior.freeze()  # the integer tables every file of this model is coded with
-        _save_checkpoint(ckpt_path, model, optimizer, cfg, state)
-        if cfg.codec is not None:  # after the checkpoint: a failure here keeps the trained weights
-            from kaecompress.experiments.codecstats import measure
 
-            summary.update(measure(model.cpu().eval(), val_images))
-    runs.atomic_write_json(run_dir / runs.SUMMARY, summary)
-    return summary
+
+def epoch_order(cfg: RunConfig, n: int, epoch: int) -> torch.Tensor:
+    """The order of the `n` training images in `epoch`: a pure function of the run's seed and the epoch."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
 
 
 @contextlib.contextmanager
@@ -324,7 +340,7 @@ def _loop(cfg, model, optimizer, train_images, val_images, dev, state, run_dir, 
     try:
         while state.inputs < tc.max_inputs:
             epoch, offset = divmod(state.inputs, n)
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
+            order = epoch_order(cfg, n, epoch)
             order = order.to(train_images.device)
             seg_start = time.perf_counter()
             for start in range(offset, n, tc.batch_size):

@@ -1,0 +1,184 @@
+"""Packed training (kaecompress.experiments.packing): a packed run must be the run trained alone."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+import yaml
+
+from kaecompress import KaecError
+from kaecompress.experiments import packing, runs
+from kaecompress.experiments.config import build_run
+from kaecompress.experiments.packing import PackedModel, pack_key, parse_pack, train_pack
+from kaecompress.experiments.train import build_model, load_checkpoint, train_run
+
+from conftest import TINY, kaec, write_config
+
+REL = 1e-5
+
+
+def tiny(trial=1, **train):
+    cfg = build_run(yaml.safe_load(TINY), "tiny.yml", trial=trial)
+    cfg = dataclasses.replace(cfg, matrix_slug=f"t{trial}")
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **train))
+
+
+def members(max_inputs=640):
+    """Three runs that differ in trial (seed and data order), optimizer and learning rate."""
+    return [tiny(1, max_inputs=max_inputs), tiny(2, optimizer="AdamW", lr=3e-3, max_inputs=max_inputs),
+            tiny(3, optimizer="SGD", lr=0.5, max_inputs=max_inputs, log_every=96)]
+
+
+@pytest.fixture
+def data(mnist_train, mnist_val):
+    return {"train_images": mnist_train[:256], "val_images": mnist_val[:200]}
+
+
+def max_rel(a_dir, b_dir):
+    """The largest relative difference between two runs' logged losses; their rows must line up."""
+    a, b = runs.read_metrics(a_dir), runs.read_metrics(b_dir)
+
+    def shape(rows):  # which row logs what, at which input, and which are None
+        return [{k: v for k, v in r.items() if k == "inputs" or v is None} | {"keys": sorted(r)} for r in rows]
+
+    assert shape(a) == shape(b)
+    return max(abs(x[k] - y[k]) / abs(x[k]) for x, y in zip(a, b) for k in x if k != "inputs" and x[k] is not None)
+
+
+def test_the_grouped_forward_is_each_members_own_model():
+    cfg = tiny()
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, encoder_kae_order=3, channels=[3, 2]))
+    models = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        models.append(build_model(cfg))
+    x = torch.rand(3, 5, 1, 28, 28)
+    alone = torch.stack([m(x[i]) for i, m in enumerate(models)])
+    packed = PackedModel(models)
+    torch.testing.assert_close(packed.forward(x), alone, rtol=1e-5, atol=1e-6)
+    # the members' own parameters are slices of the stacked ones: an update of either is seen by both
+    with torch.no_grad():
+        models[1].decoder[0].coeffs.add_(1.0)
+    assert torch.equal(packed.stacked["decoder.0.coeffs"][1], models[1].decoder[0].coeffs)
+
+
+def test_a_packed_run_equals_the_run_trained_alone(tmp_path, data):
+    cfgs = members()
+    alone = [train_run(c, tmp_path / f"alone{i}", **data) for i, c in enumerate(cfgs)]
+    packed = train_pack(cfgs, [tmp_path / f"pack{i}" for i in range(3)], **data)
+    for i, (a, p) in enumerate(zip(alone, packed)):
+        assert a["status"] == p["status"] == "finished" and p["inputs"] == 640
+        assert set(a) == set(p)
+        assert sorted(f.name for f in (tmp_path / f"alone{i}").iterdir()) == \
+            sorted(f.name for f in (tmp_path / f"pack{i}").iterdir())
+        assert max_rel(tmp_path / f"alone{i}", tmp_path / f"pack{i}") < REL
+        assert p["final_val_loss"] == pytest.approx(a["final_val_loss"], rel=REL)
+        assert p["params"] == a["params"]
+        # the checkpoint is the member's own: its keys, its optimizer state, one member's weights only
+        ca, cp = (load_checkpoint(tmp_path / d / runs.CHECKPOINT) for d in (f"alone{i}", f"pack{i}"))
+        assert ca.keys() == cp.keys() and ca["model"].keys() == cp["model"].keys()
+        assert ca["optimizer"]["param_groups"] == cp["optimizer"]["param_groups"]
+        for k, v in ca["model"].items():
+            torch.testing.assert_close(cp["model"][k], v, rtol=1e-3, atol=5e-5)  # Adam magnifies 1e-7 grads
+        sizes = [(tmp_path / d / runs.CHECKPOINT).stat().st_size for d in (f"alone{i}", f"pack{i}")]
+        assert sizes[1] < 1.2 * sizes[0]
+    # a finished pack is not trained again
+    assert train_pack(cfgs, [tmp_path / f"pack{i}" for i in range(3)], **data) == \
+        [json.loads(json.dumps(p)) for p in packed]
+
+
+class StopAt:
+    """Interrupts like Ctrl-C once `inputs` have been seen (as in test_train.py)."""
+
+    def __init__(self, inputs):
+        self.inputs = inputs
+
+    def start(self, total, done):
+        pass
+
+    def update(self, inputs, loss, throughput):
+        if inputs >= self.inputs:
+            raise KeyboardInterrupt
+
+    def validated(self, inputs, val_loss):
+        pass
+
+
+def test_an_interrupted_pack_resumes_every_member_from_its_checkpoint(tmp_path, data):
+    cfgs = members()
+    whole = train_pack(cfgs, [tmp_path / f"whole{i}" for i in range(3)], **data)
+    dirs = [tmp_path / f"split{i}" for i in range(3)]
+    with pytest.raises(KeyboardInterrupt):
+        train_pack(cfgs, dirs, progresses=[StopAt(384), None, None], **data)
+    for d in dirs:
+        assert runs.run_status(d) == "interrupted" and not (d / runs.SUMMARY).exists()
+        assert load_checkpoint(d / runs.CHECKPOINT)["inputs"] == 384
+    resumed = train_pack(cfgs, dirs, **data)
+    for i, (w, r) in enumerate(zip(whole, resumed)):
+        assert r["status"] == "finished" and r["inputs"] == 640
+        assert r["final_val_loss"] == pytest.approx(w["final_val_loss"], rel=REL)
+        assert max_rel(tmp_path / f"whole{i}", dirs[i]) < REL
+        logged = [m["inputs"] for m in runs.read_metrics(dirs[i]) if "train_loss" in m]
+        assert logged == sorted(set(logged))
+
+
+def test_members_at_different_points_train_apart_and_still_finish(tmp_path, data):
+    cfgs = members()[:2]
+    with pytest.raises(KeyboardInterrupt):
+        train_run(cfgs[0], tmp_path / "a", progress=StopAt(64), **data)
+    out = train_pack(cfgs, [tmp_path / "a", tmp_path / "b"], **data)
+    assert [s["status"] for s in out] == ["finished", "finished"]
+
+
+def test_a_diverging_member_is_marked_diverged_while_the_others_finish(tmp_path, data):
+    cfgs = members()
+    cfgs[1] = tiny(2, optimizer="SGD", lr=1e12, max_inputs=640)
+    packed = train_pack(cfgs, [tmp_path / f"pack{i}" for i in range(3)], **data)
+    assert [s["status"] for s in packed] == ["finished", "diverged", "finished"]
+    assert runs.run_status(tmp_path / "pack1") == "diverged"
+    alone = train_run(cfgs[1], tmp_path / "alone1", **data)
+    assert alone["status"] == "diverged" and alone["inputs"] == packed[1]["inputs"]
+    for i in (0, 2):  # the others are untouched by their diverged neighbour
+        train_run(cfgs[i], tmp_path / f"alone{i}", **data)
+        assert max_rel(tmp_path / f"alone{i}", tmp_path / f"pack{i}") < REL
+
+
+def test_what_packs_together():
+    from kaecompress.experiments.packing import pack_limit
+
+    cpu = torch.device("cpu")
+    a, b = tiny(1), tiny(2, optimizer="SGD", lr=0.1, log_every=7)
+    assert pack_key(a, cpu) == pack_key(b, cpu)
+    assert pack_key(a, cpu) != pack_key(tiny(1, batch_size=16), cpu)
+    assert pack_key(a, cpu) != pack_key(tiny(1, max_inputs=64), cpu)
+    other = dataclasses.replace(a, model=dataclasses.replace(a.model, latent_dim=4))
+    assert pack_key(a, cpu) != pack_key(other, cpu)
+    assert pack_limit("auto", cpu) == 1 and pack_limit("auto", torch.device("cuda")) == packing.AUTO_PACK_CUDA
+    assert pack_limit(3, cpu) == 3 and pack_limit("off", cpu) == 1
+    assert parse_pack("auto") == "auto" and parse_pack("off") == "off" and parse_pack("4") == 4
+    assert parse_pack("1") == "off"
+    for bad in ("0", "-2", "many", "2.5"):
+        with pytest.raises(KaecError, match="--pack"):
+            parse_pack(bad)
+
+
+def test_a_sweep_packs_its_runs(tmp_path, mnist_root):
+    from kaecompress.experiments.sweep import run_dir, run_sweep
+
+    cfgs = [dataclasses.replace(c, train=dataclasses.replace(c.train, max_inputs=320)) for c in members()]
+    report = run_sweep(cfgs, tmp_path / "runs", data_root=mnist_root, pack=2)
+    assert [s["status"] for s in report.summaries] == ["finished"] * 3
+    attempts = [json.loads((run_dir(tmp_path / "runs", c) / "attempts.jsonl").read_text().splitlines()[0])
+                for c in cfgs]
+    assert [a.get("packed_with") for a in attempts] == [2, 2, None]  # two packed, the third alone
+    again = run_sweep(cfgs, tmp_path / "runs", data_root=mnist_root, pack=2)
+    assert again.skipped == [c.matrix_slug for c in cfgs]
+
+
+def test_the_cli_checks_pack_first(tmp_path):
+    cfg = write_config(tmp_path / "t.yml", TINY)
+    bad = kaec("train", "-c", cfg, "--runs-dir", tmp_path / "runs", "--pack", "lots")
+    assert bad.returncode == 2 and "--pack: expected auto, off or a number" in bad.stderr
+    assert not (tmp_path / "runs").exists()
+    assert "auto|N|off" in kaec("train", "--help").stdout
