@@ -85,13 +85,17 @@ def encode(
                             "rounding (2 is a good choice): about the same bytes, 1-3 dB more PSNR; each pass runs "
                             "the decoder once per tile and latent. 0: plain rounding."),
     as_json: bool = JSON,
+    force: bool = typer.Option(False, "--force", help="Encode images outside the model's domain anyway "
+                               "(with a warning) instead of refusing them."),
 ) -> None:
-    """Compress images to latents. A sample of each image's tiles is decoded again, and an image that
-    reconstructs far worse than the model's own test images gets a one-line warning."""
+    """Compress images to latents. The shipped models are for 28x28 grey handwritten digits (MNIST) or
+    clothing (Fashion-MNIST), not photographs: every image is checked against the model's own test images
+    while encoding, and one outside its domain is refused (exit 2) unless --force is given."""
     from kaecompress.cli.progress import SearchProgress
     from kaecompress.api import resolve_backend
     from kaecompress.codec.containers import FITS, QUANTS, SUFFIXES, serialize
-    from kaecompress.codec.images import DOMAINS, IMAGE_SUFFIXES, check_backend, open_image
+    from kaecompress.codec.domain import DOMAINS
+    from kaecompress.codec.images import IMAGE_SUFFIXES, check_backend, open_image
 
     if quant not in QUANTS:
         raise KaecError(f"--quant: expected one of {', '.join(QUANTS)}, got {quant!r}")
@@ -126,6 +130,7 @@ def encode(
                         "`kaec models`)")
     with SearchProgress(codec, quiet=as_json):
         encoded = codec.compress_many(images, fit, check_domain=True)
+    _refuse_outside(codec, files, force)  # before anything is written
     coded = [i for i, dst in enumerate(targets) if codec.rate_model and dst.suffix.lower() == ".kae"]
     v2 = dict(zip(coded, codec.to_kae_many([encoded[i] for i in coded])))  # together: one context pass
     blobs = [v2[i] if i in v2 else serialize(enc, dst, quant) for i, (enc, dst) in enumerate(zip(encoded, targets))]
@@ -139,6 +144,7 @@ def encode(
         rows.append({"input": str(src), "output": str(dst), "bytes": len(blob),
                      "size": [enc.width, enc.height], "mode": enc.mode, "latents": list(enc.latents.shape)})
     _warn_outside(codec, files, rows)
+    _note_larger(files, rows)
     _report(rows, as_json, f"encoded with {codec.loaded.name}")
 
 
@@ -168,24 +174,55 @@ def _encoding_model(model: Optional[str], quality: Optional[int], dataset: str) 
     return codec_model(dataset, quality)
 
 
+def _outside(codec, files: list[Path]) -> list:
+    return [(src, check) for src, check in zip(files, codec.domain_checks) if check is not None and check.outside]
+
+
+def _refuse_outside(codec, files: list[Path], force: bool) -> None:
+    """One line and exit 2 when a calibrated check finds images outside the model's domain (not with --force)."""
+    from kaecompress.codec.domain import domain_of
+
+    outside = [(src, check) for src, check in _outside(codec, files) if check.calibrated]
+    if not outside or force:
+        return
+    src, check = outside[0]
+    what = f"{src}" if len(outside) == 1 else \
+        f"{len(outside)} of {len(files)} images ({', '.join(str(s) for s, _ in outside[:3])}" \
+        f"{f' and {len(outside) - 3} more' if len(outside) > 3 else ''}); {src}"
+    raise KaecError(f"{what}: outside {codec.loaded.name}'s domain, {domain_of(codec.loaded)}: "
+                    f"{check.describe()}; --force encodes anyway")
+
+
 def _warn_outside(codec, files: list[Path], rows: list[dict]) -> None:
-    """One line on stderr per image that reconstructs far below the model's own test figure (at most 5)."""
+    """One line on stderr per image outside the model's domain (at most 5, then a count): those --force let
+    through, or those the uncalibrated PSNR check flags (a card without a "domain" entry)."""
     import sys
 
-    from kaecompress.codec.images import domain_of
+    from kaecompress.codec.domain import domain_of
 
-    outside = []
-    for src, row, check in zip(files, rows, codec.domain_checks):
+    for row, check in zip(rows, codec.domain_checks):
         if check is not None:
-            row["sampled_psnr_db"] = round(check.psnr_db, 2)
-            if check.outside:
-                outside.append((src, check))
+            row["domain_check"] = {"statistic": check.statistic, "value": round(check.value, 4),
+                                   "threshold": round(check.threshold, 4), "outside": check.outside}
+    outside = _outside(codec, files)
     for src, check in outside[:5]:
-        print(f"warning: {src}: {check.psnr_db:.1f} dB on {check.tiles} sampled tile{'s' if check.tiles > 1 else ''}"
-              f", far below the {check.reference_db:.1f} dB {codec.loaded.name} reaches on its test images; it "
-              f"was trained on {domain_of(codec.loaded)} and will decode this image poorly", file=sys.stderr)
+        print(f"warning: {src}: outside {codec.loaded.name}'s domain, {domain_of(codec.loaded)}: "
+              f"{check.describe()}; it will decode poorly", file=sys.stderr)
     if len(outside) > 5:
-        print(f"warning: {len(outside) - 5} more images far outside {codec.loaded.name}'s domain", file=sys.stderr)
+        print(f"warning: {len(outside) - 5} more images outside {codec.loaded.name}'s domain", file=sys.stderr)
+
+
+def _note_larger(files: list[Path], rows: list[dict]) -> None:
+    """One line when written files are larger than the inputs they came from."""
+    import sys
+
+    larger = [(src, row) for src, row in zip(files, rows) if row["bytes"] > src.stat().st_size]
+    if not larger:
+        return
+    src, row = larger[0]
+    more = f" (and {len(larger) - 1} more files larger than their inputs)" if len(larger) > 1 else ""
+    print(f"note: {row['output']} ({row['bytes']:,} bytes) is larger than {src} ({src.stat().st_size:,} bytes)"
+          f"{more}", file=sys.stderr)
 
 
 def decode(

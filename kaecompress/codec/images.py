@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from kaecompress.codec.containers import MAX_PIXELS, Encoded, check_layout, check_pixels, check_tiles
+from kaecompress.codec.domain import (DOMAIN_MARGIN_DB, SAMPLE_TILES, DomainCheck, calibration, domain_scores,
+                                      image_check, top_scores)
 from kaecompress.errors import KaecError
 
 if TYPE_CHECKING:
@@ -124,35 +126,6 @@ def check_backend(backend: str, device: str) -> None:
         raise KaecError(f"--device: expected {', '.join(DEVICES)}, got {device!r}")
 
 
-# Out-of-domain check (figures from benchmarks/domain_check.py). On its 10,000 MNIST test digits
-# mnist-kae-dec3 averages 18.95 dB and its worst digit is 7.2 dB below that (mnist-kae-enc3: 6.8 dB); a
-# 720x477 photograph samples 14 dB below (mnist-kae-enc3: 12), a page of 1,000 test digits 2 dB below. 7.5 dB
-# below the card's figure flags the photograph and passes every test digit. The sample is each image's
-# highest-contrast tiles: flat areas reconstruct well under any model, busy ones show a mismatch first, and
-# decoding a tile costs about 6 times encoding one, so few are decoded.
-DOMAIN_MARGIN_DB = 7.5
-SAMPLE_TILES = 8  # per image; per call at least 16, or 1 in 64 of all tiles
-DOMAINS = {"mnist": "28x28 handwritten digits (MNIST)", "fashion-mnist": "28x28 clothing images (Fashion-MNIST)"}
-
-
-@dataclass
-class DomainCheck:
-    """How one image's sampled tiles reconstruct, against the model's own validation figure."""
-
-    psnr_db: float       # PSNR of the mean squared error over the sampled tiles
-    reference_db: float  # the model card's mean PSNR on its validation images
-    tiles: int           # tiles sampled
-
-    @property
-    def outside(self) -> bool:
-        return self.psnr_db < self.reference_db - DOMAIN_MARGIN_DB
-
-
-def domain_of(loaded: CodingModel) -> str:
-    dataset = loaded.dataset
-    return DOMAINS.get(dataset, f"images like those of {dataset.removeprefix('folder:')}")
-
-
 @dataclass(frozen=True)
 class Layout:
     """What reading a file needs to know of its model: from a loaded model, or from a shipped model's card
@@ -229,6 +202,8 @@ class Codec:
         self.context = loaded.context  # and its context model, if fitted
         self.layout = Layout(loaded.name, loaded.weights_sha256, loaded.card.get("codec_id"), self.channels,
                              (self.height, self.width), self.latent_dim, self.tables is not None)
+        self.domain = calibration(loaded.card.get("domain"), loaded.name, self.latent_dim, self.tables)
+        self.domain_checks: list = []
 
     @property
     def rate_model(self) -> bool:
@@ -257,8 +232,9 @@ class Codec:
         return np.concatenate([fn(batch[i:i + self.batch_size]) for i in range(0, len(batch), self.batch_size)])
 
     def compress_many(self, images: Sequence, fit: str = "tile", check_domain: bool = False) -> list[Encoded]:
-        """With `check_domain`, a sample of the tiles is decoded again and `self.domain_checks` holds, per
-        image, a DomainCheck (None for an image left out of the sample or a model without a card figure).
+        """With `check_domain`, `self.domain_checks` holds a DomainCheck per image: with a calibrated card every
+        tile of every image is scored; without, a sample of tiles is decoded again and compared with the card's
+        PSNR (None for an image left out of the sample or a model without a card figure).
         Small images go through the network together; an image of more than STRIP_TILES tiles' pixels is
         encoded alone, a strip at a time, so it costs about its own 8-bit size (containers.PEAK_MB)."""
         if fit not in ("tile", "resize"):
@@ -325,6 +301,7 @@ class Codec:
         ty, tx = math.ceil(im.height / h), math.ceil(im.width / w)
         z = np.empty((len(planes), ty, tx, dim), np.float32)
         sample = None  # the image's highest-contrast tiles so far: (contrast, index, tiles, latents)
+        top = None  # calibrated check: the image's highest tile scores so far
         for p, bands in enumerate(planes):
             for r, nr, q, nc in _blocks(ty, tx):
                 block = floats(bands, slice(r * h, (r + nr) * h), slice(q * w, (q + nc) * w))
@@ -334,7 +311,9 @@ class Codec:
                                              .reshape(nr * nc, c, h, w))
                 latents = self._encode_tiles(tiles)
                 z[p, r:r + nr, q:q + nc] = latents.reshape(nr, nc, dim)
-                if check_domain:
+                if check_domain and self.domain is not None:
+                    top = top_scores(domain_scores(tiles, latents, self.domain, self.tables, self.context), top)
+                elif check_domain:
                     index = (p * ty * tx + (r + np.arange(nr))[:, None] * tx + q + np.arange(nc)[None]).reshape(-1)
                     found = (tiles.reshape(len(tiles), -1).var(1), index, tiles, latents)
                     if sample is not None:
@@ -342,7 +321,9 @@ class Codec:
                     keep = np.lexsort((found[1], -found[0]))[:SAMPLE_TILES]
                     sample = tuple(a[np.sort(keep)] for a in found)
         check = None
-        if check_domain:  # sorted by index: `_check_domain` picks these same tiles among them
+        if check_domain and self.domain is not None:
+            check = image_check(top, self.domain)
+        elif check_domain:  # sorted by index: `_check_domain` picks these same tiles among them
             order = np.argsort(sample[1])
             check = self._check_domain(sample[2][order], sample[3][order], [len(order)])[0]
         return Encoded(z, im.width, im.height, mode, fit, self.loaded.name, self.loaded.weights_sha256), check
@@ -361,6 +342,27 @@ class Codec:
                           float(self.loaded.lmbda or 0), self.rdo_sweeps, self.rdo_progress).astype(np.float32)
 
     def _check_domain(self, tiles: np.ndarray, latents: np.ndarray, counts: list[int]) -> list:
+        """A DomainCheck per image (`counts`: its tiles, in order): calibrated, or the PSNR fallback."""
+        if self.domain is None:
+            return self._check_psnr(tiles, latents, counts)
+        scores = domain_scores(tiles, latents, self.domain, self.tables, self.context)
+        ends = np.cumsum(counts)
+        starts = ends - np.asarray(counts)
+        checks = [None] * len(counts)
+        single = np.flatnonzero(np.asarray(counts) == 1)  # one-tile images (a folder of digits): at once
+        if len(single):
+            names = list(scores)
+            limits = np.array([float(self.domain["statistics"][k]["threshold"]) for k in names])
+            values = np.stack([scores[k][starts[single]] for k in names], axis=1)
+            pick = (values / np.maximum(limits, 1e-9)).argmax(axis=1)  # as image_check: the first furthest
+            for i, j, v in zip(single, pick, values[np.arange(len(single)), pick]):
+                checks[i] = DomainCheck(names[j], float(v), float(limits[j]), 1)
+        for i, (start, end) in enumerate(zip(starts, ends)):
+            if checks[i] is None:
+                checks[i] = image_check(top_scores({k: v[start:end] for k, v in scores.items()}), self.domain)
+        return checks
+
+    def _check_psnr(self, tiles: np.ndarray, latents: np.ndarray, counts: list[int]) -> list:
         """Decode each image's highest-contrast tiles (SAMPLE_TILES per image at most; per call 16 or 1 in 64
         of all tiles, whichever is more) and compare their PSNR with the model card's."""
         reference = self.loaded.card.get("metrics", {}).get("psnr_db")
@@ -391,7 +393,8 @@ class Codec:
         for i, rows in picks.items():
             mse = float(errors[at:at + len(rows)].mean())
             at += len(rows)
-            checks[i] = DomainCheck(10 * math.log10(1 / max(mse, 1e-10)), float(reference), len(rows))
+            checks[i] = DomainCheck("psnr_db", 10 * math.log10(1 / max(mse, 1e-10)),
+                                    float(reference) - DOMAIN_MARGIN_DB, len(rows))
         return checks
 
     def compress(self, image, fit: str = "tile") -> Encoded:

@@ -86,11 +86,48 @@ def promote(run_dir: str | Path, name: str, *, dest: Path | None = None, recipe:
         card.update(_codec_card(loaded, summary, images, dest, name, family, quality))
     elif family is not None or quality is not None:
         raise KaecError(f"{run_dir}: --family/--quality are for codec models (runs trained with a codec: section)")
+    card["domain"] = calibrate_domain(loaded, images.numpy())  # what `kaec encode` refuses
     from kaecompress.exporters.graphs import write_graphs
 
     card["onnx"] = write_graphs(dest, card, weights, loaded.model, images)  # what the runtime runs, verified
     runs.atomic_write_json(card_path, card)
     return card_path
+
+
+DOMAIN_MARGIN = 0.10       # a threshold sits 10% above the highest score of the model's own test images
+DOMAIN_FILL_MARGIN = 0.5   # fill is a share (at most 1): halfway from the highest to 1
+DOMAIN_PIXEL_FLOOR = 0.02  # the lowest threshold of a pixel statistic: MNIST's corners are exactly black
+DOMAIN_PIXELS = ("border", "grey", "corner", "fill")
+
+
+def calibrate_domain(loaded, tiles) -> dict:
+    """A card's "domain" entry (kaecompress/codec/domain.py): thresholds from the scores of the model's own
+    test images `tiles` (N, C, H, W) in [0, 1], one tile each, so that none of them is outside."""
+    import numpy as np
+
+    from kaecompress.codec.domain import TOP_TILES, domain_scores
+    from kaecompress.codec.images import Codec
+
+    codec = Codec(loaded, "auto")  # torch for a run being promoted, the graphs for a shipped model
+    tiles = np.ascontiguousarray(tiles, dtype=np.float32)
+    latents = codec._encode_tiles(tiles)
+    if codec.tables is not None:
+        entry = {"statistics": dict.fromkeys(("bits",) + DOMAIN_PIXELS)}
+    else:
+        wide = latents.astype(np.float64)
+        entry = {"statistics": dict.fromkeys(("z2",) + DOMAIN_PIXELS),
+                 "mean": [round(float(v), 6) for v in wide.mean(0)],
+                 "std": [round(max(float(v), 1e-6), 6) for v in wide.std(0)]}
+    for stat, scores in domain_scores(tiles, latents, entry, codec.tables, codec.context).items():
+        top = float(scores.max())
+        threshold = top + DOMAIN_FILL_MARGIN * (1 - top) if stat == "fill" else top * (1 + DOMAIN_MARGIN)
+        if stat in DOMAIN_PIXELS:
+            threshold = max(threshold, DOMAIN_PIXEL_FLOOR)
+        entry["statistics"][stat] = {"threshold": round(threshold, 4), "test_max": round(top, 4),
+                                     "test_p999": round(float(np.percentile(scores, 99.9)), 4)}
+    entry.update({"margin": DOMAIN_MARGIN, "top_tiles": TOP_TILES, "test_images": len(tiles),
+                  "source": "benchmarks/domain_check.py"})
+    return entry
 
 
 def _fit_context(loaded: LoadedModel, data_root) -> int:

@@ -55,7 +55,7 @@ def encode_all(work: Path, cache: Path) -> dict[str, Path]:
         out.update({n: folder / f"{n}.kae" for n in names})
     for name, (model, options) in EXTRA.items():
         out[name] = work / f"{name}.kae"
-        calls.append(("encode", RGB, "-o", out[name], "--model", model, *options))
+        calls.append(("encode", RGB, "-o", out[name], "--model", model, "--force", *options))  # not a digit
     run_all(calls, work, cache)
     return out
 

@@ -43,9 +43,10 @@ def pipeline(name: str, inputs, work, cache) -> list:
     chosen = ("--dataset", card["family"], "--quality", str(card["quality"])) if card.get("family") else \
         ("--model", name)
     rdo = ("--rdo", "2") if is_codec(card) else ()
-    calls = [("encode", inputs / "kae", "-o", enc, *VARIANTS["kae"], *chosen),
-             ("encode", inputs / "npz", "-o", enc, *VARIANTS["npz"], "--model", name),
-             ("encode", inputs / "npy", "-o", enc, *VARIANTS["npy"], "--model", name, *rdo),
+    # --force: each folder holds an RGB image, which is outside every shipped model's domain
+    calls = [("encode", inputs / "kae", "-o", enc, *VARIANTS["kae"], *chosen, "--force"),
+             ("encode", inputs / "npz", "-o", enc, *VARIANTS["npz"], "--model", name, "--force"),
+             ("encode", inputs / "npy", "-o", enc, *VARIANTS["npy"], "--model", name, *rdo, "--force"),
              ("decode", enc, "-o", dec)]
     return [kaec(*args, *BACKEND, cwd=work, cache=cache) for args in calls]
 
