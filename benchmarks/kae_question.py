@@ -1,5 +1,5 @@
 """The KAE question in bits: BD-rate of the KAE-decoder codec family against the Linear-decoder family
-trained with the same recipe (experiments/zoo/mnist-codec-kae-question.yml: dec:3 against dec:0).
+trained with the same recipe (experiments/explorations/mnist-codec-kae-question.yml: dec:3 against dec:0).
 
 Each run folder's model writes the .kae files `kaec encode --model RUN` would write; an unshipped model's
 header names it by its 8-byte hash and the image size (16 bytes with the check), so the sizes compared are
@@ -49,7 +49,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     pixels = load_dataset("mnist", args.images, None)
-    runs = load_experiment(ROOT / "experiments/zoo/mnist-codec-kae-question.yml").runs
+    runs = load_experiment(ROOT / "experiments/explorations/mnist-codec-kae-question.yml").runs
     kae, linear = (curve([c for c in runs if c.matrix["dec"] == dec], args.runs_dir, pixels) for dec in (3, 0))
     result = bdrate.bd([p["bytes"] for p in linear], [p["psnr"] for p in linear],
                        [p["bytes"] for p in kae], [p["psnr"] for p in kae])
