@@ -134,3 +134,20 @@ def isolated_python(script: Path, *args, cwd: Path):
             ) % (paths, [str(script), *map(str, args)])
     return subprocess.run([sys.executable, "-I", "-S", "-c", code], cwd=cwd, capture_output=True, text=True,
                           timeout=300)
+
+
+class StopAt:
+    """A progress callback that interrupts the run like Ctrl-C once `inputs` have been seen."""
+
+    def __init__(self, inputs):
+        self.inputs = inputs
+
+    def start(self, total, done):
+        pass
+
+    def update(self, inputs, loss, throughput):
+        if inputs >= self.inputs:
+            raise KeyboardInterrupt
+
+    def validated(self, inputs, val_loss):
+        pass

@@ -9,8 +9,7 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import isolated_python, kaec
-from test_train import StopAt
+from conftest import StopAt, isolated_python, kaec
 
 from kaecompress.codec import rangecoder
 from kaecompress.errors import KaecError

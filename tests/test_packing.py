@@ -13,7 +13,7 @@ from kaecompress.experiments.config import build_run
 from kaecompress.experiments.packing import PackedModel, pack_key, parse_pack, train_pack
 from kaecompress.experiments.train import build_model, load_checkpoint, train_run
 
-from conftest import TINY, kaec, write_config
+from conftest import TINY, StopAt, kaec, write_config
 
 REL = 1e-5
 
@@ -86,23 +86,6 @@ def test_a_packed_run_equals_the_run_trained_alone(tmp_path, data):
     # a finished pack is not trained again
     assert train_pack(cfgs, [tmp_path / f"pack{i}" for i in range(3)], **data) == \
         [json.loads(json.dumps(p)) for p in packed]
-
-
-class StopAt:
-    """Interrupts like Ctrl-C once `inputs` have been seen (as in test_train.py)."""
-
-    def __init__(self, inputs):
-        self.inputs = inputs
-
-    def start(self, total, done):
-        pass
-
-    def update(self, inputs, loss, throughput):
-        if inputs >= self.inputs:
-            raise KeyboardInterrupt
-
-    def validated(self, inputs, val_loss):
-        pass
 
 
 def test_an_interrupted_pack_resumes_every_member_from_its_checkpoint(tmp_path, data):

@@ -12,7 +12,7 @@ from kaecompress.experiments import runs
 from kaecompress.experiments.config import build_run
 from kaecompress.experiments.train import evaluate, load_checkpoint, train_run
 
-from conftest import TINY
+from conftest import TINY, StopAt
 
 
 def tiny(**train):
@@ -56,23 +56,6 @@ def test_same_trial_same_numbers_other_trial_other_numbers(tmp_path, data):
     c = train_run(dataclasses.replace(tiny(), trial=2), tmp_path / "c", **data)
     assert a["final_val_loss"] == b["final_val_loss"]
     assert a["final_val_loss"] != c["final_val_loss"]
-
-
-class StopAt:
-    """A progress callback that interrupts the run like Ctrl-C once `inputs` have been seen."""
-
-    def __init__(self, inputs):
-        self.inputs = inputs
-
-    def start(self, total, done):
-        pass
-
-    def update(self, inputs, loss, throughput):
-        if inputs >= self.inputs:
-            raise KeyboardInterrupt
-
-    def validated(self, inputs, val_loss):
-        pass
 
 
 def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, data):

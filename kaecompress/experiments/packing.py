@@ -245,10 +245,7 @@ def train_pack(cfgs: list[RunConfig], run_dirs: list[str | Path], *, train_image
 
 
 def _train_pack(cfgs, run_dirs, train_images, val_images, device, progresses, members) -> list[dict]:
-    import torch
-
-    from kaecompress.experiments.train import (_load_checkpoint, _optimizer_to, _Scalars, _Silent, _State,
-                                               build_model, build_optimizer, resolve_device, train_run)
+    from kaecompress.experiments.train import _Scalars, _Silent, resolve_device, resumed_model, train_run
 
     summaries: list[dict | None] = [None] * len(cfgs)
     keys = set()
@@ -263,15 +260,7 @@ def _train_pack(cfgs, run_dirs, train_images, val_images, device, progresses, me
             continue
         dev = resolve_device(device or cfg.train.device)
         keys.add(pack_key(cfg, dev))
-        torch.manual_seed(cfg.seed)  # the same initial weights as the run trained alone
-        model = build_model(cfg)
-        optimizer = build_optimizer(cfg, model.parameters())
-        state = _State()
-        ckpt = run_dir / runs.CHECKPOINT
-        if ckpt.is_file():
-            state = _load_checkpoint(ckpt, model, optimizer, cfg)
-        model.to(dev)
-        _optimizer_to(optimizer, dev)
+        model, optimizer, state = resumed_model(cfg, run_dir, dev)  # as the run alone starts or resumes
         members.append(_Member(cfg, run_dir, status, model, optimizer, state, progresses[i] or _Silent()))
         members[-1].index = i
     if len(keys) > 1 or None in keys:

@@ -160,6 +160,21 @@ class _Scalars:
             self.writer.close()
 
 
+def resumed_model(cfg: RunConfig, run_dir: Path, dev):
+    """The run's model and optimizer on `dev`: seeded as a fresh run is, then resumed from its checkpoint where
+    it has one (the training state of a fresh run otherwise)."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg)
+    optimizer = build_optimizer(cfg, model.parameters())
+    state = _State()
+    ckpt_path = run_dir / runs.CHECKPOINT
+    if ckpt_path.is_file():
+        state = _load_checkpoint(ckpt_path, model, optimizer, cfg)
+    model.to(dev)
+    _optimizer_to(optimizer, dev)
+    return model, optimizer, state
+
+
 def train_run(cfg: RunConfig, run_dir: str | Path, *, data_root: str | Path | None = None,
               device: str | None = None, progress: Progress | None = None,
               train_images: torch.Tensor | None = None, val_images: torch.Tensor | None = None,
@@ -222,20 +237,13 @@ def _train_run(cfg, run_dir, data_root, device, progress, train_images, val_imag
 
     # Everything that can reject the input happens before the run directory is touched.
     dev = resolve_device(device or cfg.train.device)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg)
-    optimizer = build_optimizer(cfg, model.parameters())
     root = data_root or cfg.data.root
     if train_images is None:
         train_images = load_images(cfg.data.dataset, True, root, cfg.model.shape)
     if val_images is None:
         val_images = load_images(cfg.data.dataset, False, root, cfg.model.shape)
-    state = _State()
+    model, optimizer, state = resumed_model(cfg, run_dir, dev)
     ckpt_path = run_dir / runs.CHECKPOINT
-    if ckpt_path.is_file():
-        state = _load_checkpoint(ckpt_path, model, optimizer, cfg)
-    model.to(dev)
-    _optimizer_to(optimizer, dev)
     if dev.type == "cuda":  # the whole set fits on the device and saves a copy per batch
         train_images = train_images.to(dev)
 
