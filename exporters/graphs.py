@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
 from pathlib import Path
 
 import onnx
@@ -129,16 +128,6 @@ def model_layout(model: dict, where: str) -> dict:
         raise KaecError(f"{where}: {n} convolutions of kernel {k}, stride {stride} do not fit a "
                         f"{shape[1]}x{shape[2]} input")
     return {**cfg, "feature_shape": [channels[-1], height, width], "pad": 0 if stride == 1 else k // 2}
-
-
-def safetensors_entries(weights: bytes, where: str) -> tuple[dict, int]:
-    """The header of a safetensors file ({tensor: {dtype, shape, data_offsets}}) and where its data starts.
-    zoo.safetensors_header checks that every entry fits the file."""
-    zoo.safetensors_header(weights, Path(where))
-    size = struct.unpack("<Q", weights[:8])[0]
-    header = json.loads(weights[8:8 + size])
-    header.pop("__metadata__", None)
-    return header, 8 + size
 
 
 class _Part:
@@ -253,7 +242,7 @@ def graph_protos(card: dict, weights: bytes) -> dict[str, onnx.ModelProto]:
             and "\\" not in location):
         raise KaecError(f"{name}: weights_file {location!r} must be a plain NAME.safetensors file name")
     cfg = model_layout((card.get("config") or {}).get("model"), where)
-    header, base = safetensors_entries(weights, location)
+    header, base = zoo.safetensors_entries(weights, Path(location))
     c, h, w = cfg["shape"]
     shapes = {"images": ["batch", c, h, w], "latents": ["batch", cfg["latent_dim"]]}
     metadata = {"source": name, "weights_sha256": card.get("weights_sha256", ""), "weights_file": location,

@@ -136,22 +136,30 @@ _NUMPY = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "I32": np.int
           "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 
 
-def tensors(data: bytes, path: Path, prefix: str = "") -> dict[str, np.ndarray]:
-    """Without torch: the tensors of a safetensors file whose names start with `prefix`, as read-only numpy
-    arrays over `data` (little-endian), each checked to fit the file (see safetensors_header)."""
+def safetensors_entries(data: bytes, path: Path) -> tuple[dict, int]:
+    """Without torch: a safetensors file's header ({tensor: {dtype, shape, data_offsets}}, no metadata) and
+    where its data starts, every entry checked to fit the file (safetensors_header)."""
     import json
     import struct
 
-    safetensors_header(data, path)  # every entry's dtype, shape and byte range checked
+    safetensors_header(data, path)
     size = struct.unpack("<Q", data[:8])[0]
     header = json.loads(data[8:8 + size])
+    header.pop("__metadata__", None)
+    return header, 8 + size
+
+
+def tensors(data: bytes, path: Path, prefix: str = "") -> dict[str, np.ndarray]:
+    """Without torch: the tensors of a safetensors file whose names start with `prefix`, as read-only numpy
+    arrays over `data` (little-endian), each checked to fit the file (see safetensors_header)."""
+    header, base = safetensors_entries(data, path)
     out = {}
     for name, entry in header.items():
-        if name == "__metadata__" or not name.startswith(prefix):
+        if not name.startswith(prefix):
             continue
         if entry["dtype"] not in _NUMPY:
             raise KaecError(f"{path}: tensor {name[:40]!r} has dtype {entry['dtype']}, which is not read here")
-        start, end = (8 + size + o for o in entry["data_offsets"])
+        start, end = (base + o for o in entry["data_offsets"])
         dtype = np.dtype(_NUMPY[entry["dtype"]]).newbyteorder("<")
         out[name] = np.frombuffer(data, dtype, (end - start) // dtype.itemsize, start).reshape(entry["shape"])
     return out
