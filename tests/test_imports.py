@@ -94,7 +94,7 @@ def test_reading_and_checking_files_needs_no_torch():
 
 
 # The package's floors, lowest first: a module imports from its own floor or lower ones only.
-FLOORS = ["kaecompress kaecompress.errors kaecompress.fileio kaecompress.outputs", "kaecompress.zoo",
+FLOORS = ["kaecompress kaecompress.errors kaecompress.fileio kaecompress.outputs kaecompress.web", "kaecompress.zoo",
           "kaecompress.codec", "kaecompress.runtime", "kaecompress.nn", "kaecompress.exporters",
           "kaecompress.experiments", "kaecompress.api", "kaecompress.evaluation", "kaecompress.cli"]
 
