@@ -200,13 +200,13 @@ fi
 fi
 
 if wants bench; then
-step "kaec bench --provider cuda --json"
+step "kaec bench --provider cuda --json-file"
 if [ "$DRY" = 1 ]; then  # here the command must be refused in one line (no GPU), which checks the command line
-  "${KAEC[@]}" bench --provider cuda --seconds 0.01 --json "$OUT/bench.json" 2> "$WORK/bench.err"; code=$?
+  "${KAEC[@]}" bench --provider cuda --seconds 0.01 --json-file "$OUT/bench.json" 2> "$WORK/bench.err"; code=$?
   echo "exit $code: $(cat "$WORK/bench.err")"
   [ "$code" = 2 ] || exit 1
 elif [ "$ORT_READY" = 1 ]; then
-  "${KAEC[@]}" bench --provider cuda --json "$OUT/bench.json" || exit 1
+  "${KAEC[@]}" bench --provider cuda --json-file "$OUT/bench.json" || exit 1
   $PY -c "
 import json; r = json.load(open('$OUT/bench.json'))
 for row in r['inference']:

@@ -64,7 +64,7 @@ def main() -> None:
 
         statuses = {row["status"] for row in results_table(exp, root).rows}
         assert statuses == {"finished"}, f"the copied runs must all read as finished, got {statuses}"
-        loss = "validation loss (320 steps)"
+        loss = "validation loss (320 steps)"  # the study's name for the loss column, read as ours (inputs)
         command = ["results", "--config", str(cfg), "--runs-dir", str(root), "-ec", "matrix_id", "matrix_slug",
                    "compression-ratio", "-sc", f"{loss}-", "-ac", "trial", "-acs", loss]
         results = [timed(command) for _ in range(args.repeat)]

@@ -11,21 +11,39 @@ import typer
 
 from kaecompress.errors import KaecError
 
+from kaecompress.cli.options import QUALITY_HELP, Backend, Container, Device, Family, Fit, Quant, wide_option
+
 MODEL = typer.Option(None, "--model", "-m", help="Trained model name (see `kaec models`), run folder or "
-                     "checkpoint. Default: the MNIST codec family's default (decode: the model the file names).")
+                     "checkpoint. Default: the MNIST codec family's default model.")
+DECODE_MODEL = typer.Option(None, "--model", "-m", help="Trained model name, run folder or checkpoint to "
+                            "decode with. Default: the shipped model each file names (bare .npy latents: the "
+                            "MNIST codec family's default model).")
 BACKEND = typer.Option("auto", "--backend", help="auto: torch where it is installed, else onnx; torch: PyTorch "
                        "(the training install); onnx: onnxruntime, with a shipped model's own ONNX graphs (a run "
                        "folder or checkpoint is exported and verified on first use).")
-DEVICE = typer.Option("cpu", "--device", help="Where the networks run: cpu, cuda or auto (cuda when usable). "
+DEVICE = typer.Option("cpu", "--device", help="Where the networks run; auto: cuda when usable. "
                       "The entropy coding runs on the CPU, so a file decodes to the same latents on any device; "
                       "decoded pixels may differ by one level between devices.")
 BATCH = typer.Option(256, "--batch-size", min=1, help="Tiles per network call.")
 DATA_ROOT = typer.Option(None, "--data-root", help="Dataset root (for verifying an ONNX export).")
-JSON = typer.Option(False, "--json", help="Print what was written as JSON.")
+JSON = typer.Option(False, "--json", help="Print what was written as JSON on stdout, instead of the table.")
+WIDE = wide_option()
 MAX_PIXELS = typer.Option(40_000_000, "--max-pixels", min=1, help="Refuse images (and files claiming images) "
                           "over this many pixels, before reading their pixels (and images so thin that their tiles "
                           "cover twice that). Large images are worked on in strips: at the default, encoding or "
                           "decoding the largest (RGBA) peaks at about 1,300 MB, measured.")
+QUALITY = typer.Option(None, "--quality", "-q", min=0, help=QUALITY_HELP.format(levels="`kaec models` lists "
+                       "the levels."))
+PROMOTE_QUALITY = typer.Option(None, "--quality", "-q", min=0, help="Codec models: its quality level in the "
+                               "family (0 = smallest files).")
+
+
+def describe_levels() -> None:
+    """--quality's help names the levels each shipped family has (read from the cards: only for --help)."""
+    from kaecompress.cli.options import quality_levels
+
+    QUALITY.help = QUALITY_HELP.format(levels=quality_levels())
+
 
 def _inputs(paths: List[Path], suffixes: tuple[str, ...]) -> list[Path]:
     found = []
@@ -63,34 +81,39 @@ def _outputs(inputs: list[Path], output: Path, to_folder: bool, suffix: str) -> 
 
 
 def encode(
-    inputs: List[Path] = typer.Argument(..., help="Images (PNG, JPEG, BMP, TIFF, WebP, ...) or folders of them."),
+    inputs: List[Path] = typer.Argument(..., metavar="IMAGES...", help="Images (PNG, JPEG, BMP, TIFF, WebP, ...) "
+                                        "or folders of them."),
     output: Path = typer.Option(..., "-o", "--output", help="z.npy / z.npz / z.kae for one image; a folder "
                                 "for several."),
     model: Optional[str] = MODEL,
-    fit: str = typer.Option("tile", "--fit", help="tile: cut into model-sized tiles (edges padded), decoded "
+    fit: Fit = typer.Option("tile", "--fit", help="tile: cut into model-sized tiles (edges padded), decoded "
                             "at the original size; resize: the whole image as one tile."),
-    fmt: Optional[str] = typer.Option(None, "--format", help="npy, npz or kae (default) for outputs in a "
-                                      "folder; a file's own suffix says it otherwise."),
-    quant: str = typer.Option("uint8", "--quant", help=".kae latents: uint8 (one scale per file) or float16."),
-    backend: str = BACKEND,
-    device: str = DEVICE,
+    container: Optional[Container] = typer.Option(None, "--container", help="File type of outputs written "
+                                                  "into a folder (default: kae); one output file's own suffix "
+                                                  "says it otherwise."),
+    quant: Quant = typer.Option("uint8", "--quant", help="Latents of a version-1 .kae file (plain models): "
+                                "uint8 (one scale per file) or float16."),
+    backend: Backend = BACKEND,
+    device: Device = DEVICE,
     batch_size: int = BATCH,
     data_root: Optional[Path] = DATA_ROOT,
     max_pixels: int = MAX_PIXELS,
-    quality: Optional[int] = typer.Option(None, "--quality", "-q", min=0, help="Quality level of the codec "
-                                          "family for --dataset (0 = smallest files; see `kaec models`)."),
-    dataset: str = typer.Option("mnist", "--dataset", help="Which codec family --quality (and the default "
-                                "model) picks from: mnist or fashion-mnist."),
+    quality: Optional[int] = QUALITY,
+    dataset: Family = typer.Option("mnist", "--dataset", "-d", help="The codec family that --quality and the "
+                                   "default model come from."),
     rdo: int = typer.Option(0, "--rdo", min=0, max=16, help="Codec models: N passes of rate–distortion optimised "
                             "rounding (2 is a good choice): about the same bytes, 1-3 dB more PSNR; each pass runs "
                             "the decoder once per tile and latent. 0: plain rounding."),
     as_json: bool = JSON,
+    wide: bool = WIDE,
     force: bool = typer.Option(False, "--force", help="Encode images outside the model's domain anyway "
                                "(with a warning) instead of refusing them."),
 ) -> None:
-    """Compress images to latents. The shipped models are for 28x28 grey handwritten digits (MNIST) or
-    clothing (Fashion-MNIST), not photographs: every image is checked against the model's own test images
-    while encoding, and one outside its domain is refused (exit 2) unless --force is given."""
+    """Compress images to .kae files (or latents in .npz / .npy files) with a trained model.
+
+    The shipped models are for 28x28 grey handwritten digits (MNIST) or clothing (Fashion-MNIST), not
+    photographs: every image is checked against the model's own test images while encoding, and one outside
+    its domain is refused (exit 2) unless --force is given."""
     from kaecompress.cli.progress import SearchProgress
     from kaecompress.api import resolve_backend
     from kaecompress.codec.containers import FITS, QUANTS, SUFFIXES, serialize
@@ -105,17 +128,15 @@ def encode(
     if dataset not in DOMAINS:  # the codec families --quality and the default model come from
         raise KaecError(f"--dataset: expected {' or '.join(DOMAINS)}, got {dataset!r}")
     backend = resolve_backend(backend)
-    if fmt is not None and f".{fmt}" not in SUFFIXES:
-        raise KaecError(f"--format: expected npy, npz or kae, got {fmt!r}")
+    spec = _encoding_model(model, quality, dataset)  # a level the family lacks is an option mistake: first
     files = _inputs(inputs, tuple(IMAGE_SUFFIXES))
     to_folder = _to_folder(inputs, files, output)
-    suffix = f".{fmt or 'kae'}" if to_folder else output.suffix.lower()
+    suffix = f".{container or 'kae'}" if to_folder else output.suffix.lower()
     if suffix not in SUFFIXES:
         raise KaecError(f"{output}: unknown output type (expected {', '.join(SUFFIXES)}, or a folder)")
-    if fmt is not None and suffix != f".{fmt}":
-        raise KaecError(f"--format {fmt}: -o {output} says {suffix}; give one or the other")
+    if container is not None and suffix != f".{container}":
+        raise KaecError(f"--container {container}: -o {output} says {suffix}; give one or the other")
     targets = _outputs(files, output, to_folder, suffix)
-    spec = _encoding_model(model, quality, dataset)
     early = _shipped_layout(spec)
     if rdo and early is not None and not early.rate_model:
         raise KaecError(f"--rdo: {spec} has no probability model (expected a codec model: see `kaec models`)")
@@ -145,7 +166,7 @@ def encode(
                      "size": [enc.width, enc.height], "mode": enc.mode, "latents": list(enc.latents.shape)})
     _warn_outside(codec, files, rows)
     _note_larger(files, rows)
-    _report(rows, as_json, f"encoded with {codec.loaded.name}")
+    _report(rows, as_json, f"encoded with {codec.loaded.name}", wide)
 
 
 def _codec(spec: str, backend: str, device: str, batch_size: int, data_root, rdo: int = 0):
@@ -226,17 +247,19 @@ def _note_larger(files: list[Path], rows: list[dict]) -> None:
 
 
 def decode(
-    inputs: List[Path] = typer.Argument(..., help=".npy, .npz or .kae files, or folders of them."),
+    inputs: List[Path] = typer.Argument(..., metavar="FILES...", help=".kae, .npz or .npy files, or folders of "
+                                        "them."),
     output: Path = typer.Option(..., "-o", "--output", help="out.png for one input; a folder for several."),
-    model: Optional[str] = MODEL,
-    backend: str = BACKEND,
-    device: str = DEVICE,
+    model: Optional[str] = DECODE_MODEL,
+    backend: Backend = BACKEND,
+    device: Device = DEVICE,
     batch_size: int = BATCH,
     data_root: Optional[Path] = DATA_ROOT,
     max_pixels: int = MAX_PIXELS,
     as_json: bool = JSON,
+    wide: bool = WIDE,
 ) -> None:
-    """Decompress latents to PNG images (original size and mode)."""
+    """Decompress .kae, .npz or .npy files to PNG images, at their original size and mode."""
     from kaecompress.api import resolve_backend
     from kaecompress.codec.bitstream import precheck
     from kaecompress.codec.containers import SUFFIXES, read_input
@@ -283,7 +306,7 @@ def decode(
     if to_folder:
         output.mkdir(exist_ok=True)
     write_all(list(zip(targets, blobs)))  # all outputs land, or none
-    _report(rows, as_json, f"decoded with {codec.loaded.name}")
+    _report(rows, as_json, f"decoded with {codec.loaded.name}", wide)
 
 
 def _check_tiles(files: list[Path], images: list, fit: str, tile: tuple[int, int], max_pixels: int) -> None:
@@ -355,25 +378,27 @@ def _is_v2(path: Path, data: bytes) -> bool:
     return path.suffix.lower() == ".kae" and bool(data) and bool(data[0] & 0x80)
 
 
-def _report(rows: list[dict], as_json: bool, title: str) -> None:
+def _report(rows: list[dict], as_json: bool, title: str, wide: bool = False) -> None:
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    from kaecompress.cli.progress import out, runs_table
+    from kaecompress.cli.progress import print_table
 
     columns = [c for c in ("input", "output", "bytes", "size", "mode", "latents") if c in rows[0]]
-    table = runs_table(rows[:TABLE_ROWS], columns, title=f"{len(rows):,} file{'s' if len(rows) != 1 else ''} {title}")
+    caption = None
     if len(rows) > TABLE_ROWS:  # a screenful says what happened; thousands of rows would take longer to draw
         total = f", {sum(r['bytes'] for r in rows):,} bytes in all" if "bytes" in rows[0] else ""
-        table.caption = f"and {len(rows) - TABLE_ROWS:,} more{total}; --json lists every file"
-    out.print(table)
+        caption = f"and {len(rows) - TABLE_ROWS:,} more{total}; --json lists every file"
+    print_table(rows[:TABLE_ROWS], columns, title=f"{len(rows):,} file{'s' if len(rows) != 1 else ''} {title}",
+                keys=("input", "output"), wide=wide, caption=caption)
 
 
 TABLE_ROWS = 20
 
 
-def models(as_json: bool = typer.Option(False, "--json", help="Print the model cards as JSON.")) -> None:
-    """List the trained models shipped in trained/."""
+def models(as_json: bool = typer.Option(False, "--json", help="Print the model cards as JSON on stdout."),
+           wide: bool = WIDE) -> None:
+    """List the trained models shipped in trained/: their family and level, bytes per image and PSNR."""
     from kaecompress.zoo import cards, check_card, default_model, trained_dir
 
     found = cards()
@@ -382,7 +407,7 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print the model c
     if as_json:
         print(json.dumps(found, indent=2))
         return
-    from kaecompress.cli.progress import out, runs_table
+    from kaecompress.cli.progress import print_table
 
     default = default_model()
     folder = trained_dir()
@@ -400,12 +425,12 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print the model c
              "params": f"{c['params']:,}", "weights": weights(c), "ratio": f"{c['compression_ratio']:g}",
              "enc/dec KAE": f"{c['config']['model']['encoder_kae_order']}/{c['config']['model']['decoder_kae_order']}",
              "recipe": c.get("recipe") or ""} for n, c in found.items()]
-    out.print(runs_table(rows, ["name", "dataset", "family", "enc/dec KAE", "bytes/image", "PSNR dB", "val MSE",
-                                "params", "weights", "recipe"], title="trained models"))
+    print_table(rows, ["name", "family", "bytes/image", "PSNR dB", "dataset", "enc/dec KAE", "val MSE", "params",
+                       "weights", "recipe"], title="trained models", keys=("name",), wide=wide)
 
 
 def promote(
-    run: Path = typer.Argument(..., help="A finished run folder."),
+    run: Path = typer.Argument(..., metavar="RUN", help="A finished run folder."),
     name: str = typer.Option(..., "--name", help="Name to ship it under, e.g. mnist-kae-dec3."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="The experiment file that trained it."),
     dest: Optional[Path] = typer.Option(None, "--dest", help="Folder for the weights and card (default: trained/)."),
@@ -413,8 +438,7 @@ def promote(
     force: bool = typer.Option(False, "--force", help="Replace a model of the same name."),
     family: Optional[str] = typer.Option(None, "--family", help="Codec models: the quality family it joins "
                                          "(mnist, fashion-mnist)."),
-    quality: Optional[int] = typer.Option(None, "--quality", min=0, help="Codec models: its quality level in "
-                                          "the family (0 = smallest files)."),
+    quality: Optional[int] = PROMOTE_QUALITY,
     float16: bool = typer.Option(False, "--float16", help="Store the weights as float16: half the size; they "
                                  "load as float32 and the card measures them as stored."),
     context: bool = typer.Option(False, "--context", help="Codec models: fit a linear context model to the "
@@ -430,7 +454,7 @@ def promote(
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(encode)
-    app.command()(decode)
-    app.command()(models)
-    app.command()(promote)
+    from kaecompress.cli.progress import register as add
+
+    for command in (encode, decode, models, promote):
+        add(app, command)

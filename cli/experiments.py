@@ -9,6 +9,7 @@ from typing import List, Optional
 
 import typer
 
+from kaecompress.cli.options import Device, TableFormat, wide_option
 from kaecompress.errors import Interrupted, KaecError
 
 RUNS_DIR = typer.Option(Path("runs"), "--runs-dir", help="Folder holding one folder per experiment run.",
@@ -21,12 +22,14 @@ def train(
     runs_dir: Path = RUNS_DIR,
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset root (default: $KAEC_DATA or "
                                              "the user cache dir)."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda (overrides the config)."),
+    device: Optional[Device] = typer.Option(None, "--device", help="Where the runs train (overrides the "
+                                           "config's train.device); auto: cuda when usable."),
     reset: bool = typer.Option(False, "--reset", help="Delete the selected runs' folders and start over."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the runs and their state; train nothing."),
     only: Optional[List[str]] = typer.Option(None, "--only", help="Only runs whose slug matches (glob or "
                                              "substring); repeatable."),
     as_json: bool = typer.Option(False, "--json", help="Print the run summaries as JSON on stdout."),
+    wide: bool = wide_option(),
     max_memory: Optional[str] = typer.Option(None, "--max-memory", envvar="KAEC_MAX_MEMORY",
                                              help="Refuse runs estimated to need more memory than this (12G, "
                                              "512M, 50%); default: 80% of this machine's memory."),
@@ -47,14 +50,14 @@ def train(
                              "to pay (on the CPU it does not); off: one by one. Only without --workers or --ray; "
                              "codec runs always train alone."),
 ) -> None:
-    """Train every run of an experiment: finished runs are skipped, interrupted ones resume."""
+    """Train every run of an experiment; finished runs are skipped and interrupted ones resume."""
     import os
 
     from kaecompress.experiments.config import check_device, load_experiment
     from kaecompress.experiments.resources import check_memory, parse_size
     from kaecompress.experiments.sweep import run_dir, select
 
-    from kaecompress.cli.progress import SweepProgress, out, plural, runs_table
+    from kaecompress.cli.progress import SweepProgress, plural, print_table
 
     from kaecompress.experiments.packing import parse_pack
 
@@ -86,8 +89,8 @@ def train(
         if as_json:
             print(json.dumps(rows, indent=2))
         else:
-            out.print(runs_table(rows, ["matrix_id", "matrix_slug", "status", "dir"],
-                                     title=f"{plural(len(rows), 'run')} of {config}"))
+            print_table(rows, ["matrix_slug", "status", "matrix_id", "dir"],
+                        title=f"{plural(len(rows), 'run')} of {config}", keys=("matrix_slug",), wide=wide)
         return
 
     from kaecompress.experiments.sweep import run_sweep
@@ -116,10 +119,9 @@ def train(
         print(json.dumps(report.summaries, indent=2))
     else:
         rows = [_summary_row(s) for s in report.summaries]
-        out.print(runs_table(rows, ["matrix_id", "matrix_slug", "status", "val loss", "params",
-                                        "throughput", "train time", "ratio"],
-                                 title=f"{exp.path}: {plural(len(rows), 'run')} ({len(report.skipped)} already "
-                                       "done)"))
+        print_table(rows, ["matrix_slug", "status", "val loss", "matrix_id", "params", "throughput", "train time",
+                           "ratio"], title=f"{exp.path}: {plural(len(rows), 'run')} ({len(report.skipped)} already "
+                                           "done)", keys=("matrix_slug",), wide=wide)
     for line in report.busy:  # left to the process that holds them (kaecompress.experiments.runlock)
         print(f"skipped {line}", file=sys.stderr)
     if report.diverged:
@@ -155,15 +157,22 @@ def results(
                                             "this column (e.g. trial): means and a count column."),
     aggregate_stats: Optional[List[str]] = typer.Option(None, "-acs", "--aggregate-stats", help="Add (std), "
                                                         "(min) and (max) after this column."),
-    fmt: str = typer.Option("markdown", "-f", "--format", help="markdown, csv or json."),
+    fmt: TableFormat = typer.Option("markdown", "-f", "--table-format", help="How the table is written on stdout."),
+    as_json: bool = typer.Option(False, "--json", help="Print the table as JSON on stdout (--table-format json)."),
     hide_constant: bool = typer.Option(False, "--hide-constant", help="Leave out columns that never change."),
 ) -> None:
-    """Print the experiment's results table (unfinished and diverged runs included, marked as such)."""
+    """Print the experiment's results table, one row per run; unfinished and diverged runs are included and
+    marked as such.
+
+    The loss column counts the training inputs, `validation loss (N inputs)`; the study's own name for it,
+    `validation loss (N steps)`, is accepted wherever a column is named."""
     from kaecompress.experiments.config import load_experiment
     from kaecompress.experiments.results import FORMATS, results_table
 
-    if fmt not in FORMATS:
-        raise KaecError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    if as_json:
+        if fmt not in ("markdown", "json"):
+            raise KaecError(f"--json prints JSON; it cannot go with --table-format {fmt}")
+        fmt = "json"
     from kaecompress.experiments.sweep import run_dir
 
     exp = load_experiment(config)
@@ -185,11 +194,14 @@ def plot(
     log: bool = typer.Option(False, "--log", help="Logarithmic loss axis."),
     recon: bool = typer.Option(False, "--recon", help="Instead of loss curves: originals above the "
                                "reconstructions of each selected finished run, for fixed validation images."),
-    images: int = typer.Option(10, "--images", min=1, max=32, help="Validation images in a --recon grid."),
+    images: int = typer.Option(10, "--images", "-n", min=1, max=32, help="Validation images in a --recon grid."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset root for --recon."),
 ) -> None:
-    """Plot loss curves of an experiment's runs, or a reconstruction grid."""
+    """Plot the loss curves of an experiment's runs, or a grid of reconstructions."""
     from kaecompress.experiments.config import load_experiment
+
+    if not output.parent.is_dir():  # before the runs, data or models are read
+        raise KaecError(f"-o {output}: folder {output.parent} does not exist")
     from kaecompress.experiments.sweep import run_dir, select
 
     selected = select(load_experiment(config), only)
@@ -214,6 +226,7 @@ def plot(
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(train)
-    app.command()(results)
-    app.command()(plot)
+    from kaecompress.cli.progress import register as add
+
+    for command in (train, results, plot):
+        add(app, command)

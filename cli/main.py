@@ -3,15 +3,37 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import typer
 
 from kaecompress.errors import KaecError
 
-# Typer's rich help prints a value type after every option, `<bool>` after flags that take none.
+# Typer's rich help prints a value type after every option, `<bool>` after flags that take none, and
+# `<list[str]>` after a repeatable one; the usage line shows a required argument as `{name}`.
 _option_type = typer.core.TyperOption.display_type_rich
-typer.core.TyperOption.display_type_rich = lambda self, ctx: None if self.is_flag else _option_type(self, ctx)
+
+
+def _display_type(self, ctx):
+    if self.is_flag:
+        return None
+    shown = _option_type(self, ctx)
+    return re.sub(r"^<list\[(.*)\]>$", r"<\1>", shown) if isinstance(shown, str) else shown
+
+
+def _usage_name(self) -> str:
+    """An argument in the usage line: NAME, [NAME], NAME... (its metavar, as a word)."""
+    name = self.display_name_raw.removesuffix("...")
+    name += "..." if self.nargs != 1 else ""
+    return name if self.required else f"[{name}]"
+
+
+typer.core.TyperOption.display_type_rich = _display_type
+typer.core.TyperArgument._usage_display_name = _usage_name
+# an argument with a metavar is its own description (IMAGES..., RUN); no `<list[Path]>` after it
+_argument_type = typer.core.TyperArgument.display_type_rich
+typer.core.TyperArgument.display_type_rich = lambda self, ctx: None if self.metavar else _argument_type(self, ctx)
 
 app = typer.Typer(
     help="Image compression with CNN autoencoders whose bottlenecks are Kolmogorov-Arnold (KAE) layers. "
@@ -59,6 +81,43 @@ def _expand_multi_value(argv: list[str]) -> list[str]:
     return out
 
 
+def _comma_list(argv: list[str], flag: str) -> list[str]:
+    """`--codecs jpeg,webp` -> `--codecs jpeg --codecs webp`: a repeatable choice, also given as a comma list."""
+    argv = [x for a in argv for x in ((flag, a.split("=", 1)[1]) if a.startswith(flag + "=") else (a,))]
+    out = []
+    for i, arg in enumerate(argv):
+        if i and argv[i - 1] == flag and "," in arg:
+            values = [v.strip() for v in arg.split(",") if v.strip()]
+            out += [x for v in values for x in (v, flag)][:-1] if values else [arg]
+        else:
+            out.append(arg)
+    return out
+
+
+# Spellings from before the convention (docs/cli.md), still read: (command, old option, new option); a note on
+# stderr says what to write instead. `kaec bench/rd --json PATH` took a file name; `--json` alone is a flag now.
+RENAMED = [("encode", "--format", "--container"), ("results", "--format", "--table-format"),
+           ("bench", "--json", "--json-file"), ("rd", "--json", "--json-file"), ("rd", "-q", "--quiet")]
+
+
+def _old_spellings(argv: list[str]) -> list[str]:
+    command = _command(argv)
+    out = list(argv)
+    for cmd, old, new in RENAMED:
+        if cmd != command or old not in out:
+            continue
+        i = out.index(old)
+        if new == "--json-file" and (i + 1 == len(out) or out[i + 1].startswith("-")):
+            continue  # `--json` alone is today's flag
+        out[i] = new
+        print(f"note: kaec {cmd} {old} is now {new}; the old spelling will stop working", file=sys.stderr)
+    return out
+
+
+def _help_wanted(argv: list[str]) -> bool:
+    return bool({"-h", "--help"} & set(argv)) or not argv
+
+
 def _optional_value(argv: list[str], flag: str, default: str) -> list[str]:
     """`--ray` alone (last, or before another option) means `--ray auto`: click options need their value."""
     return [x for i, a in enumerate(argv)
@@ -81,6 +140,11 @@ def _command(argv: list[str]) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
 
 
+def _web_export(argv: list[str]) -> bool:
+    """`kaec export --format web`: shipped models to a web folder, which needs no PyTorch."""
+    return any(a == "--format" and b == "web" for a, b in zip(argv, argv[1:])) or "--format=web" in argv
+
+
 def main() -> None:
     """Console entry point: mistakes become one line on stderr and exit 2 (`--debug` shows the trace)."""
     from kaecompress.errors import Interrupted
@@ -92,6 +156,7 @@ def main() -> None:
     debug = "--debug" in argv or os.environ.get("KAEC_DEBUG") == "1"
     argv = _expand_multi_value([a for a in argv if a != "--debug"])
     argv = _optional_value(argv, "--ray", "auto")
+    argv = _old_spellings(_comma_list(argv, "--codecs"))
     if not debug:  # a library's warning is one line of ours, not a source excerpt
         import warnings
 
@@ -106,7 +171,9 @@ def main() -> None:
 
     try:
         command = _command(argv)
-        if command in TRAINING_COMMANDS and not {"-h", "--help"} & set(argv):
+        if _help_wanted(argv):
+            coding.describe_levels()  # --quality's help lists the shipped levels (read from the cards)
+        elif command in TRAINING_COMMANDS and not (command == "export" and _web_export(argv)):
             from kaecompress.api import require_training
 
             require_training(f"kaec {command}")
@@ -115,7 +182,7 @@ def main() -> None:
         fail(str(e))
     except typer.TyperException as e:  # usage mistakes: one line, not the boxed panel
         where = getattr(e, "ctx", None)
-        message = e.format_message() if hasattr(e, "format_message") else str(e)
+        message = (e.format_message() if hasattr(e, "format_message") else str(e)).replace("Value error, ", "")
         if not message:  # `kaec` alone: the help was the answer
             sys.exit(getattr(e, "exit_code", 2))
         fail(message + (f" (see: {where.command_path} --help)" if where else ""))

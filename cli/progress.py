@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-# Progress and messages go to stderr, tables to stdout; off a terminal, tables get room instead of 80 columns.
+# Progress and messages go to stderr, tables to stdout; off a terminal, tables get room instead of 80 columns
+# (unless COLUMNS says how wide).
 console = Console(stderr=True)
-out = Console(width=None if sys.stdout.isatty() else 200)
+out = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit() else 200)
+
+
+def paragraphs(command) -> list[str]:
+    """A command's docstring as paragraphs of one line each (Typer's rich help keeps the source's line breaks)."""
+    return [" ".join(p.split()) for p in (command.__doc__ or "").split("\n\n") if p.strip()]
+
+
+def register(app, command, name: str | None = None) -> None:
+    """Add `command` to the app: its line in `kaec --help` is its docstring's first paragraph (whole sentences)."""
+    text = paragraphs(command)
+    app.command(name, short_help=text[0], help="\n\n".join(text))(command)
 
 
 def plural(n: int, noun: str) -> str:
@@ -111,11 +125,55 @@ TEXT_COLUMNS = {"matrix_slug", "status", "dir", "file", "input", "output", "code
                 "recipe", "part", "runtime", "mode"}
 
 
-def runs_table(rows: list[dict], columns: list[str], title: str | None = None) -> Table:
-    """A rich table of `rows`: text columns left-aligned, figures right-aligned."""
+def runs_table(rows: list[dict], columns: list[str], title: str | None = None, keys: tuple[str, ...] = ()) -> Table:
+    """A rich table of `rows`: text columns left-aligned, figures right-aligned; the `keys` columns (what
+    identifies a row: a model, a run, a file) are never cut or folded."""
     table = Table(title=title, title_justify="left")
     for c in columns:
-        table.add_column(c, justify="left" if c in TEXT_COLUMNS else "right")
+        whole = {"no_wrap": True, "min_width": max([len(c)] + [len(str(r.get(c, ""))) for r in rows])} \
+            if c in keys else {}
+        table.add_column(c, justify="left" if c in TEXT_COLUMNS else "right", **whole)
     for r in rows:
         table.add_row(*(str(r.get(c, "")) for c in columns))
+    return table
+
+
+def _width(table: Table) -> int:
+    return Measurement.get(out, out.options.update_width(100_000), table).maximum
+
+
+def print_table(rows: list[dict], columns: list[str], title: str | None = None, keys: tuple[str, ...] = (),
+                wide: bool = False, caption: str | None = None) -> None:
+    """Print a table on stdout. Its `keys` columns are always whole: where the table is wider than the
+    terminal, the other columns are left out from the last one back (a caption names them and --wide), or,
+    with `wide`, the table is printed at its full width."""
+    columns = list(columns)
+    table = runs_table(rows, columns, title, keys)
+    left_out = []
+    if wide:
+        _print_at(table if caption is None else _captioned(table, caption), max(out.width, _width(table)))
+        return
+    while _width(table) > out.width and any(c not in keys for c in columns):
+        drop = next(c for c in reversed(columns) if c not in keys)
+        columns.remove(drop)
+        left_out.insert(0, drop)
+        table = runs_table(rows, columns, title, keys)
+    notes = [caption] if caption else []
+    if left_out:
+        notes.append(f"{plural(len(left_out), 'column')} left out to fit {out.width} columns "
+                     f"({', '.join(left_out)}); --wide shows them")
+    # keys alone wider than the terminal: printed whole all the same (the terminal wraps the lines)
+    _print_at(_captioned(table, "; ".join(notes)) if notes else table, max(out.width, _width(table)))
+
+
+def _print_at(table: Table, width: int) -> None:
+    """`out.print` at `width` columns (rich clamps a print's width to the console's)."""
+    if width <= out.width:
+        out.print(table)
+    else:
+        Console(width=width, file=out.file, force_terminal=out.is_terminal).print(table)
+
+
+def _captioned(table: Table, caption: str) -> Table:
+    table.caption, table.caption_justify = caption, "left"
     return table

@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import typer
 
+from kaecompress.cli.options import BDMethod, Codec, values, wide_option
 from kaecompress.errors import KaecError
 
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
@@ -15,7 +16,7 @@ PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 
 def _check_outputs(json_path: Optional[Path], json_dir: Optional[Path], plot_path: Optional[Path]) -> None:
     """Every output is checked before minutes of measuring."""
-    for option, path in (("--json", json_path), ("--plot", plot_path)):
+    for option, path in (("--json-file", json_path), ("--plot", plot_path)):
         if path is None:
             continue
         if path.is_dir():
@@ -30,40 +31,46 @@ def _check_outputs(json_path: Optional[Path], json_dir: Optional[Path], plot_pat
 
 
 def rd(
-    dataset: str = typer.Option("mnist", "--dataset", "-d", help="mnist, fashion-mnist or folder:PATH (every image "
-                                "file under PATH, sorted, at its own size)."),
+    dataset: str = typer.Option("mnist", "--dataset", "-d", metavar="mnist|fashion-mnist|folder:PATH",
+                                help="The test images: a shipped dataset, or folder:PATH (every image file under "
+                                "PATH, sorted, at its own size)."),
     model: Optional[List[str]] = typer.Option(None, "--model", "-m", help="Trained model name, model family (all "
                                               "its models), run folder or checkpoint; repeatable or a comma list; "
                                               "'none' for codecs only. Default: the shipped models of the dataset."),
-    codecs: Optional[List[str]] = typer.Option(None, "--codecs", help="Classical codecs, repeatable or a comma list: "
-                                               "jpeg, webp, avif, png (default: all four)."),
+    codecs: Optional[List[Codec]] = typer.Option(None, "--codecs", help="Classical codecs, repeatable or a comma "
+                                                 "list (default: all four)."),
     images: Optional[int] = typer.Option(None, "--images", "-n", min=1, help="Use the first N test images "
                                          "(default: all)."),
     avif_images: Optional[int] = typer.Option(None, "--avif-images", min=1, help="Run AVIF (speed 0, ~40 ms per "
                                               "digit) on only the first N of those images."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write every curve to this file: a list of "
+    as_json: bool = typer.Option(False, "--json", help="Print every curve and the BD comparisons as JSON on "
+                                 "stdout (what --json-file writes), instead of the tables."),
+    json_path: Optional[Path] = typer.Option(None, "--json-file", help="Write every curve to this file: a list of "
                                              "objects in CompressAI's results layout, with the BD comparisons."),
-    json_dir: Optional[Path] = typer.Option(None, "--json-dir", help="Write one CompressAI-style file per codec "
-                                            "and model curve into this folder."),
+    json_dir: Optional[Path] = typer.Option(None, "--json-dir", help="Write one CompressAI-style JSON file per "
+                                            "codec and model curve into this folder."),
     plot_path: Optional[Path] = typer.Option(None, "--plot", help="Write a figure of PSNR and SSIM against bytes "
                                              "per image (.png, .pdf or .svg)."),
-    method: str = typer.Option("pchip", "--bd-method", help="BD interpolation of log rate over PSNR: pchip "
-                               "(JCT-VC/JVET spreadsheets), cubic (VCEG-M33's cubic fit) or akima."),
+    method: BDMethod = typer.Option("pchip", "--bd-method", help="BD interpolation of log rate over PSNR: pchip "
+                                    "(JCT-VC/JVET spreadsheets), cubic (VCEG-M33's cubic fit) or akima."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset root (default: $KAEC_DATA or "
                                              "~/.cache/kaecompress/data)."),
     rdo: int = typer.Option(0, "--rdo", min=0, max=16, help="Also measure every codec model with `kaec encode "
                             "--rdo N` (rate–distortion optimised rounding, N passes): a second curve per family."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines on stderr."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress lines on stderr."),
     from_json: Optional[Path] = typer.Option(None, "--from-json", help="Print, plot or split (--json-dir) the "
-                                             "results of an earlier --json file instead of measuring (with "
-                                             "--bd-method: its comparisons again)."),
+                                             "results in a file that --json-file wrote, instead of measuring "
+                                             "(with --bd-method: its comparisons again)."),
+    wide: bool = wide_option(),
 ) -> None:
-    """Rate–distortion of our models against JPEG, WebP, AVIF and PNG: bytes of the whole file, PSNR, SSIM,
-    times, and BD-rate of every model family against every codec."""
+    """Measure the rate–distortion of our models against JPEG, WebP, AVIF and PNG on test images.
+
+    For each: bytes of the whole file, PSNR, SSIM and times, then the BD-rate of every model family against
+    every codec."""
     from kaecompress.evaluation.bdrate import METHODS
     from kaecompress.evaluation.rd import DEFAULT_CODECS, compare, load_json, plot, run_rd, write_json, write_json_dir
 
-    chosen = [c.strip().lower() for spec in (codecs or DEFAULT_CODECS) for c in spec.split(",") if c.strip()]
+    chosen = values(codecs) or list(DEFAULT_CODECS)
     _check_outputs(json_path, json_dir, plot_path)
 
     def say(message: str) -> None:
@@ -87,15 +94,22 @@ def rd(
         write_json_dir(result, json_dir)
     if plot_path is not None:
         plot(result, plot_path)
-    _print(result)
+    if as_json:
+        import json
+
+        from kaecompress.evaluation.rd import to_json
+
+        print(json.dumps(to_json(result), indent=2))
+        return
+    _print(result, wide)
 
 
 def _f(value, fmt: str) -> str:
     return "" if value is None else format(value, fmt)
 
 
-def _print(result) -> None:
-    from kaecompress.cli.progress import out, runs_table
+def _print(result, wide: bool = False) -> None:
+    from kaecompress.cli.progress import out, print_table
 
     rows = []
     for c in result.curves:
@@ -114,8 +128,8 @@ def _print(result) -> None:
     subsets = [f"{c.name} on the first {c.images:,}" for c in result.curves if c.images != result.images]
     title = (f"rate–distortion on {result.images:,} {result.dataset} test images"
              + (f" ({'; '.join(subsets)})" if subsets else "") + "; bytes = whole file, payload = without container")
-    out.print(runs_table(rows, ["name", "settings", "images", "bytes", "payload", "bpp", "PSNR dB", "SSIM", "exact",
-                                "enc ms", "dec ms"], title=title))
+    print_table(rows, ["name", "settings", "bytes", "PSNR dB", "SSIM", "bpp", "payload", "images", "exact", "enc ms",
+                       "dec ms"], title=title, keys=("name", "settings"), wide=wide)
     if any(p.exact_images and not p.lossless for c in result.curves for p in c.points):
         out.print("exact: images decoded without any error; each counts as 100 dB in the mean PSNR (as libaom "
                   "and libvpx report it)")
@@ -143,14 +157,18 @@ def _print(result) -> None:
     from kaecompress.evaluation.bdrate import DESCRIPTION
 
     if bd_rows:
-        out.print(runs_table(bd_rows, ["name", "codec", "BD-rate %", "BD-PSNR dB", "PSNR range", "status"],
-                             title=f"BD-rate of each model family against each codec (negative: fewer bytes); "
-                                   f"{DESCRIPTION[result.method]}"))
+        print_table(bd_rows, ["name", "codec", "BD-rate %", "BD-PSNR dB", "PSNR range", "status"],
+                    keys=("name", "codec"), wide=wide,
+                    title=f"BD-rate of each model family against each codec (negative: fewer bytes); "
+                          f"{DESCRIPTION[result.method]}")
     if same_rows:
-        out.print(runs_table(same_rows, ["name", "codec", "PSNR dB", "bytes", "codec bytes at that PSNR"],
-                             title="models with too few points for BD: the codec's bytes at the model's PSNR "
-                                   "(interpolated on its curve, never extrapolated)"))
+        print_table(same_rows, ["name", "codec", "PSNR dB", "bytes", "codec bytes at that PSNR"],
+                    keys=("name", "codec"), wide=wide,
+                    title="models with too few points for BD: the codec's bytes at the model's PSNR "
+                          "(interpolated on its curve, never extrapolated)")
 
 
 def register(app: typer.Typer) -> None:
-    app.command(name="rd")(rd)
+    from kaecompress.cli.progress import register as add
+
+    add(app, rd, "rd")

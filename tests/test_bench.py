@@ -142,9 +142,9 @@ def test_a_busy_machine_is_detected_and_gets_fewer_threads(monkeypatch):
 def test_bad_batch_sizes_and_json_paths_are_refused_before_measuring(env, tmp_path):
     r = kaec("bench", "--batch-sizes", "1,x", env=env)
     assert r.returncode == 2 and "--batch-sizes" in r.stderr
-    r = kaec("bench", "--json", tmp_path, env=env)
+    r = kaec("bench", "--json-file", tmp_path, env=env)
     assert r.returncode == 2 and "is a folder" in r.stderr
-    r = kaec("bench", "--json", tmp_path / "no" / "b.json", env=env)
+    r = kaec("bench", "--json-file", tmp_path / "no" / "b.json", env=env)
     assert r.returncode == 2 and "does not exist" in r.stderr
 
 

@@ -39,7 +39,8 @@ def test_device_cuda_without_a_gpu_is_refused(verb, digits, tmp_path):
 
 def test_an_unknown_device_is_refused(digits, tmp_path):
     r = kaec("encode", digits / "000.png", "-o", tmp_path / "a.kae", "--device", "tpu")
-    assert r.returncode == 2 and r.stderr == "error: --device: expected cpu, cuda, auto, got 'tpu'\n"
+    assert r.returncode == 2 and r.stderr == ("error: Invalid value for '--device': 'tpu' is not one of 'cpu', "
+                                              "'cuda', 'auto'. (see: kaec encode --help)\n")
     assert not (tmp_path / "a.kae").exists()
 
 

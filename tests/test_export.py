@@ -162,7 +162,7 @@ def test_a_failed_verification_leaves_nothing(trained, mnist_val, tmp_path, monk
 def test_bad_input_is_exit_2_and_leaves_nothing(trained, mnist_root, tmp_path):
     home, run = trained
     r = kaec("export", run, "-o", tmp_path / "a", "--format", "tflite")
-    assert r.returncode == 2 and "unknown format" in r.stderr
+    assert r.returncode == 2 and "'tflite' is not one of 'onnx', 'torchscript', 'pt2', 'web'" in r.stderr
     (tmp_path / "exists").mkdir()
     r = kaec("export", run, "-o", tmp_path / "exists", "--format", "pt2", "--data-root", mnist_root)
     assert r.returncode == 2 and "already exists (use --force" in r.stderr

@@ -214,7 +214,7 @@ def test_mutated_safetensors_headers_end_in_shapes_or_one_error(baseline, data):
 # ---- `kaec rd --from-json` ----------------------------------------------------------------------------------
 
 def small_rd_json() -> bytes:
-    """A `kaec rd --json` file as the library writes it: two codec curves, a lossless one, a model family
+    """A `kaec rd --json-file` file as the library writes it: two codec curves, a lossless one, a model family
     long enough for BD figures and a single model (compared at its PSNR)."""
     def curve(name, kind, settings, rates, psnrs):
         points = [Point(s, r, r - 20 if kind == "codec" else r - 3, r * 8 / 784, p, 0.5 + min(p, 50) / 100, 1e-3, 2e-3,

@@ -145,7 +145,7 @@ def test_disk_full_while_encoding_a_folder_writes_none_of_its_outputs(env, tmp_p
         pytest.skip("needs root to mount a small tmpfs")
     try:
         _colour_images(tmp_path / "in", 12)
-        r = kaec("encode", tmp_path / "in", "-o", disk / "out", "--format", "npy", "-m", "tiny-a", "--force",
+        r = kaec("encode", tmp_path / "in", "-o", disk / "out", "--container", "npy", "-m", "tiny-a", "--force",
                  env=env)  # noise: outside tiny-a's domain
         assert r.returncode == 2, r.stderr
         assert "disk full while writing; none of the 12 outputs written" in r.stderr and "Traceback" not in r.stderr
@@ -479,11 +479,11 @@ def test_a_damaged_file_is_refused_before_torch_even_with_model_named(tmp_path):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["encode", "{png}", "-o", "{out}/z.kae", "--fit", "stretch"], "--fit: expected tile or resize, got 'stretch'"),
-    (["encode", "{png}", "-o", "{out}/z.kae", "--backend", "tf"], "--backend: expected auto, torch or onnx, got 'tf'"),
-    (["encode", "{png}", "-o", "{out}/z.kae", "--device", "tpu"], "--device: expected cpu, cuda, auto, got 'tpu'"),
+    (["encode", "{png}", "-o", "{out}/z.kae", "--fit", "stretch"], "'--fit': 'stretch' is not one of 'tile', 'resize'"),
+    (["encode", "{png}", "-o", "{out}/z.kae", "--backend", "tf"], "'--backend': 'tf' is not one of 'auto', 'torch', 'onnx'"),
+    (["encode", "{png}", "-o", "{out}/z.kae", "--device", "tpu"], "'--device': 'tpu' is not one of 'cpu', 'cuda', 'auto'"),
     (["encode", "{png}", "-o", "{out}/z.kae", "--rdo", "2", "--model", DEFAULT_MODEL], "--rdo: mnist-kae-dec3 has no"),
-    (["decode", "{kae}", "-o", "{out}/o.png", "--backend", "tf"], "--backend: expected auto, torch or onnx, got 'tf'"),
+    (["decode", "{kae}", "-o", "{out}/o.png", "--backend", "tf"], "'--backend': 'tf' is not one of 'auto', 'torch', 'onnx'"),
 ])
 def test_options_are_refused_before_torch(tmp_path, mnist_val, args, needle):
     """Issue 26 case 9: `--fit stretch` was refused only once the model had loaded (10 s)."""

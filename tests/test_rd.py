@@ -278,7 +278,7 @@ def test_a_folder_of_mixed_images(env, digits, tmp_path):
 def test_kaec_rd_writes_table_json_and_figure_in_seconds(env, mnist_root, tmp_path):
     start = time.monotonic()
     r = kaec("rd", "--images", "20", "--avif-images", "5", "--codecs", "jpeg,webp", "--codecs", "avif,png",
-             "--model", "tiny-a,tiny-b", "--json", tmp_path / "rd.json", "--json-dir", tmp_path / "each",
+             "--model", "tiny-a,tiny-b", "--json-file", tmp_path / "rd.json", "--json-dir", tmp_path / "each",
              "--plot", tmp_path / "rd.png", "--data-root", mnist_root, env=env)
     elapsed = time.monotonic() - start
     assert r.returncode == 0, r.stderr
@@ -312,16 +312,16 @@ def test_kaec_rd_writes_table_json_and_figure_in_seconds(env, mnist_root, tmp_pa
     assert r2.returncode == 0, r2.stderr
     assert r2.stdout == r.stdout and (tmp_path / "again.svg").read_text().startswith("<?xml")
     r2 = kaec("rd", "--from-json", tmp_path / "each" / "WebP.json", env=env)
-    assert r2.returncode == 2 and "not a `kaec rd --json` file" in r2.stderr
+    assert r2.returncode == 2 and "not a `kaec rd --json-file` file" in r2.stderr
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--codecs", "jpeg,gif"], "--codecs: unknown codec 'gif'"),
+    (["--codecs", "jpeg,gif"], "Invalid value for '--codecs': 'gif' is not one of"),
     (["--model", "nosuch"], "--model nosuch: no such trained model"),
     (["--dataset", "cifar"], "--dataset: unknown dataset 'cifar'"),
     (["--plot", "{tmp}/rd.txt"], "expected a .png, .pdf, .svg file"),
-    (["--json", "{tmp}/missing/rd.json"], "does not exist"),
-    (["--bd-method", "linear"], "--bd-method: expected one of pchip, cubic, akima"),
+    (["--json-file", "{tmp}/missing/rd.json"], "does not exist"),
+    (["--bd-method", "linear"], "Invalid value for '--bd-method': 'linear' is not one of 'pchip', 'cubic', 'akima'"),
     (["--images", "0"], "--images"),
 ])
 def test_mistakes_are_one_line_and_exit_2_with_nothing_written(env, tmp_path, args, message):
@@ -336,9 +336,9 @@ def test_mistakes_are_one_line_and_exit_2_with_nothing_written(env, tmp_path, ar
 
 @pytest.mark.parametrize("kind, message", [
     ("deep", "nested more than 100 levels deep"),
-    ("fifo", "not a regular file (expected a `kaec rd --json` file)"),
-    ("dev-zero", "not a regular file (expected a `kaec rd --json` file)"),
-    ("huge", "bytes; a `kaec rd --json` file is at most 16,777,216 bytes"),
+    ("fifo", "not a regular file (expected a `kaec rd --json-file` file)"),
+    ("dev-zero", "not a regular file (expected a `kaec rd --json-file` file)"),
+    ("huge", "bytes; a `kaec rd --json-file` file is at most 16,777,216 bytes"),
     ("wrong-type", "curve 1: results.bytes: expected finite numbers >= 0, got 'many'"),
     ("not-json", "not valid JSON"),
 ])

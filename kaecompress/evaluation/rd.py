@@ -571,15 +571,15 @@ def from_json(objs: list) -> RDResult:
     """The result that `to_json` wrote, e.g. to plot it again without measuring again. Its comparisons are
     computed again from its points: a file edited by hand cannot show figures its points do not give."""
     if not isinstance(objs, list) or not objs:
-        raise KaecError("not a `kaec rd --json` file (expected a list of curves)")
+        raise KaecError("not a `kaec rd --json-file` file (expected a list of curves)")
     curves = []
     for i, o in enumerate(objs):
         try:
             curves.append(_curve(o))
         except KaecError as e:
-            raise KaecError(f"not a `kaec rd --json` file (curve {i + 1}: {e})") from None
+            raise KaecError(f"not a `kaec rd --json-file` file (curve {i + 1}: {e})") from None
     if not isinstance(objs[0].get("dataset"), str):
-        raise KaecError("not a `kaec rd --json` file (curve 1: dataset: expected a string)")
+        raise KaecError("not a `kaec rd --json-file` file (curve 1: dataset: expected a string)")
     method = next((m for o in objs for m, text in bdrate.DESCRIPTION.items() if o.get("bd_method") == text),
                   bdrate.METHOD)
     result = RDResult(objs[0]["dataset"], max(c.images for c in curves), curves, method)
@@ -590,7 +590,7 @@ def from_json(objs: list) -> RDResult:
 def load_json(path: Path) -> RDResult:
     from kaecompress.fileio import parse_json, read_regular
 
-    data = read_regular(path, MAX_JSON_BYTES, "a `kaec rd --json` file")
+    data = read_regular(path, MAX_JSON_BYTES, "a `kaec rd --json-file` file")
     objs = parse_json(data, str(path))
     try:
         return from_json(objs)

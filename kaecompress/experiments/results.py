@@ -1,7 +1,8 @@
 """The results table of an experiment: one row per run, aggregated over a key, sorted, rendered.
 
 Columns: matrix_id, matrix_slug, the matrix keys, then the metrics
-`validation loss (N steps)`, `model params`, `train time (minutes)`, `throughput`, `compression-ratio`,
+`validation loss (N inputs)` (the study's `validation loss (N steps)` is accepted for it wherever a column
+is named), `model params`, `train time (minutes)`, `throughput`, `compression-ratio`,
 and `status` whenever some run is not finished. Reading the table imports neither torch nor numpy.
 """
 
@@ -26,8 +27,15 @@ STAT_SUFFIXES = ("(std)", "(min)", "(max)")
 
 
 def loss_column(budgets: set[int]) -> str:
-    """Named after the training budget, as in the study; runs with different budgets share `(final)`."""
-    return f"validation loss ({next(iter(budgets)):,} steps)" if len(budgets) == 1 else "validation loss (final)"
+    """Named after the training budget in inputs; runs with different budgets share `(final)`."""
+    return f"validation loss ({next(iter(budgets)):,} inputs)" if len(budgets) == 1 else "validation loss (final)"
+
+
+def _study_alias(name: str) -> str:
+    """The study's own name of the loss column, `validation loss (N steps)` (its N counts inputs), as ours."""
+    if name.startswith("validation loss (") and name.endswith(" steps)"):
+        return name.removesuffix(" steps)") + " inputs)"
+    return name
 
 
 @dataclass
@@ -38,7 +46,9 @@ class Table:
     keys: list[str] = field(default_factory=list)  # the matrix keys, in matrix order
 
     def column(self, name: str, flag: str) -> str:
-        """`name` itself, or a clear error listing the columns."""
+        """`name` itself (or the study's name of the loss column), or a clear error listing the columns."""
+        if name not in self.columns and _study_alias(name) in self.columns:
+            return _study_alias(name)
         if name not in self.columns:
             raise KaecError(f"{flag} {name!r}: no such column (columns: {', '.join(self.columns)})")
         return name

@@ -50,7 +50,7 @@ def encode_all(work: Path, cache: Path) -> dict[str, Path]:
     for model in sorted(set(shipped_cases().values())):
         names = [n for n, m in shipped_cases().items() if m == model]
         folder = work / f"enc-{model}"
-        calls.append(("encode", *[SHIPPED / f"{n}.png" for n in names], "-o", folder, "--format", "kae",
+        calls.append(("encode", *[SHIPPED / f"{n}.png" for n in names], "-o", folder, "--container", "kae",
                       "--model", model))
         out.update({n: folder / f"{n}.kae" for n in names})
     for name, (model, options) in EXTRA.items():

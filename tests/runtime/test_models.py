@@ -15,8 +15,8 @@ from .conftest import BACKEND, EXAMPLES, exported_nothing, in_parallel, kaec, ok
 
 CARDS = zoo.cards()
 # Each variant is its own folder of inputs, named so that one decode call takes all of a model's files.
-VARIANTS = {"kae": ("--fit", "tile", "--format", "kae"), "npz": ("--fit", "resize", "--format", "npz"),
-            "npy": ("--fit", "tile", "--format", "npy")}
+VARIANTS = {"kae": ("--fit", "tile", "--container", "kae"), "npz": ("--fit", "resize", "--container", "npz"),
+            "npy": ("--fit", "tile", "--container", "npy")}
 
 
 def is_codec(card: dict) -> bool:
