@@ -20,6 +20,7 @@ from kaecompress.errors import KaecError
 from kaecompress.exporters.manifest import (ARTEFACTS, EXTENSIONS, FORMATS, MANIFEST, PARTS, check_files,
                                             read_listed, read_manifest)
 from kaecompress.fileio import atomic_write_json, public_mode
+from kaecompress.outputs import replace_folder
 
 if TYPE_CHECKING:  # torch is imported where it is used: reading a manifest needs none of it
     import torch
@@ -157,13 +158,7 @@ def export(model: CNNKAE, out_dir: str | Path, formats: Iterable[str] = FORMATS,
             extra, manifest["bitstream"] = write_codec_files(tmp, prior, codec_id, formats, context)
             manifest["files"].update(extra)
         atomic_write_json(tmp / MANIFEST, manifest)
-        old = None
-        if out_dir.exists():  # set the old export aside first, so one of the two is always complete
-            old = out_dir.with_name(tmp.name.replace(".tmp", ".old"))
-            out_dir.rename(old)
-        tmp.rename(out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_folder(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -7,7 +7,8 @@
 
 model.json holds what the JavaScript coder needs besides the networks: the model's identity, shapes and its
 integer tables and context model as plain integers (read here from the safetensors file, so the browser never
-parses it; it hands the bytes to onnxruntime-web as the graphs' external data). Needs numpy only: it works in
+parses it; it hands the bytes to onnxruntime-web as the graphs' external data), and the out-of-domain check's
+calibration: the card's "domain" entry and the dataset that names the domain. Needs numpy only: it works in
 the runtime install. `serve(DIR)` serves such a folder on 127.0.0.1 (the browser tests and benchmarks use it).
 """
 
@@ -31,6 +32,7 @@ from typing import ClassVar
 from kaecompress import zoo
 from kaecompress.errors import KaecError
 from kaecompress.fileio import public_mode, read_json, read_regular
+from kaecompress.outputs import replace_folder
 
 SCHEMA = "kaecompress-web-model"
 SCHEMA_VERSION = 1
@@ -144,6 +146,10 @@ def model_json(name: str, folder: Path | None = None) -> tuple[dict, dict[str, b
         "tables": tables, "context": context,
         "psnr_db": (card.get("metrics") or {}).get("psnr_db"),
         "bytes_per_image": (card.get("codec_metrics") or {}).get("bytes_per_image"),
+        # the out-of-domain check (codec/domain.py): the dataset names the domain in refusals; the card's
+        # "domain" entry (thresholds, and a plain model's latent mean and std for z2) as it is, or null
+        "dataset": (card["config"].get("data") or {}).get("dataset", "mnist"),
+        "domain": card.get("domain"),
     }
     files = {card["weights_file"]: weights, **{card["onnx"][p]["file"]: graphs[p] for p in zoo.PARTS}}
     for file in files:
@@ -208,13 +214,7 @@ def write_web_export(models: list[str], out_dir: Path, force: bool = False, inst
         put("manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
         for path in [staging, *staging.rglob("*")]:
             public_mode(path, directory=path.is_dir())
-        old = None
-        if out_dir.exists():  # set the old export aside first, so one of the two is always complete
-            old = out_dir.with_name(f"{staging.name}.old")
-            out_dir.rename(old)
-        staging.rename(out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_folder(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -49,3 +50,15 @@ def write_all(files: list[tuple[Path, bytes]]) -> None:
         landed = ", ".join(map(str, done)) or "none"
         raise KaecError(f"{temps[len(done)][1]}: {e.strerror or e} while renaming into place; written: {landed}; "
                         f"the other {len(temps) - len(done)} not written") from None
+
+
+def replace_folder(complete: Path, target: Path) -> None:
+    """Move the folder `complete` (written beside `target`) to `target`. An existing `target` is set aside
+    first and deleted last, so that one of the two is always whole at that path's place."""
+    old = None
+    if target.exists():
+        old = target.with_name(f"{complete.name}.old")
+        target.rename(old)
+    complete.rename(target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

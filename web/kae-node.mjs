@@ -9,6 +9,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { open } from './kae.mjs';
 import { FITS, KaeError, QUANTS } from './lib/bitstream.mjs';
+import { outsideLine, refusal } from './lib/domain.mjs';
 import { readPng, writePng } from './lib/png.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -17,12 +18,14 @@ const PROG = 'kae-node';
 const HELP = `Usage:
   node kae-node.mjs decode IN.kae [IN2.kae ...] -o OUT.png|OUTDIR
   node kae-node.mjs encode IN.png [IN2.png ...] -o OUT.kae|OUTDIR [--model NAME] [--fit tile|resize]
-                                                [--quant uint8|float16]
+                                                [--quant uint8|float16] [--force]
 
 decode  .kae files (version 1 or 2, or folders of them) to PNG images at their original size and mode; each
         file is decoded with the export's model that made it.
 encode  PNG images (or folders of them) to .kae files with the export's default model or --model: the
-        bytes kaec encode --backend onnx writes.
+        bytes kaec encode --backend onnx writes. The models are for 28x28 grey digits or clothing, not
+        photographs: as in kaec encode, every image is checked against the model's own test images while
+        encoding, and one outside its domain is refused unless --force.
 
 Options:
   -o, --output PATH   OUT.png / OUT.kae for one input; a folder for several (or a name without suffix).
@@ -31,11 +34,13 @@ Options:
                       original size; resize makes the whole image one tile. Default: tile.
   --quant uint8|float16
                       encode, models without probability tables (.kae version 1): how latents are stored.
+  --force             encode: encode images outside the model's domain anyway (with a warning) instead
+                      of refusing them.
   --debug             show the stack trace of an error.
   -h, --help          show this help.
 
-Unlike kaec, encode does not check images against the model's domain (kaec encode refuses images unlike
-the model's own test images unless --force), and reads only PNG files.
+Unlike kaec, encode reads only PNG files, and a model whose card has no domain calibration is not checked
+(kaec warns from a sampled PSNR).
 Exit status: 0 done; 2 refused (one line on stderr: the file and why).`;
 
 class UsageError extends Error {}
@@ -47,7 +52,7 @@ const TAKES = {
 };
 
 function parse(argv) {
-  const args = { inputs: [], output: null, model: null, fit: 'tile', quant: 'uint8', debug: false, help: false };
+  const args = { inputs: [], output: null, model: null, fit: 'tile', quant: 'uint8', force: false, debug: false, help: false };
   const given = [];
   for (let i = 0; i < argv.length; i++) {
     let a = argv[i];
@@ -55,6 +60,10 @@ function parse(argv) {
     if (a.startsWith('--') && a.includes('=')) [a, value] = [a.slice(0, a.indexOf('=')), a.slice(a.indexOf('=') + 1)];
     if (a === '-h' || a === '--help') args.help = true;
     else if (a === '--debug') args.debug = true;
+    else if (a === '--force') {
+      args.force = true;
+      given.push(a);
+    }
     else if (Object.hasOwn(TAKES, a)) {
       if (value === null) {
         if (i + 1 >= argv.length) throw new UsageError(`option ${a} requires a value`);
@@ -71,7 +80,7 @@ function parse(argv) {
     else args.inputs.push(a);
   }
   for (const a of given) {
-    const only = TAKES[a][2];
+    const only = a === '--force' ? 'encode' : TAKES[a][2];
     if (only && args.command !== only) throw new UsageError(`${a} applies to ${only} only`);
   }
   return args;
@@ -178,9 +187,21 @@ async function encode(args, kae) {
   const out = targets(args.inputs, files, args.output, '.kae');
   const items = [];
   for (const f of files) items.push({ ...(await readPng(readInput(f), f)), fit: args.fit });
-  const blobs = await kae.encodeMany(items, { quant: args.quant, names: files });
+  // checked as kaec checks them; refused (with --force named) before anything is written
+  const blobs = await kae.encodeMany(items, { quant: args.quant, names: files, force: true });
+  const checks = kae.domainChecks;
+  const model = kae.model;  // its name and dataset name the domain
+  const refused = args.force ? null : refusal(files, checks, model, '--force encodes anyway');
+  if (refused) throw new Refusal(refused);
   writeAll(out.folder, out.paths.map((p, i) => [p, blobs[i]]));
   blobs.forEach((b, i) => console.log(`${files[i]} -> ${out.paths[i]} (${b.length} bytes, ${kae.model.name})`));
+  // as kaec: one line on stderr per image --force let through (at most 5, then a count)
+  const outside = files.map((f, i) => [f, checks[i]]).filter(([, c]) => c && c.outside);
+  for (const [f, check] of outside.slice(0, 5)) console.error(`warning: ${outsideLine(f, check, model)}; it will decode poorly`);
+  if (outside.length > 5) console.error(`warning: ${outside.length - 5} more images outside ${model.name}'s domain`);
+  if (!model.checksDomain) {
+    console.error(`note: ${model.name}'s card has no "domain" calibration: the images were not checked against its domain`);
+  }
 }
 
 async function main(argv) {

@@ -5,7 +5,9 @@
 //   import { open, KaeError, psnr } from './kae.mjs';
 //   const kae = await open(new URL('.', import.meta.url));   // Node: open('/path/to/export')
 //   const { width, height, mode, pixels } = await kae.decode(bytes);
-//   const file = await kae.encode(pixels, width, height, 'L');
+//   const file = await kae.encode(pixels, width, height, 'L');   // refuses an image outside the model's
+//                                                                 // domain ({force: true} encodes it anyway)
+//   kae.domainChecks                                              // the last encode's checks, one per image
 //
 // Nothing here imports node: modules at load time, so the browser never sees them; Node's file reading is
 // imported only when running under Node.
@@ -15,9 +17,11 @@ import {
 } from './lib/bitstream.mjs';
 import { modelFromJson, isPlainName } from './lib/model.mjs';
 import * as images from './lib/images.mjs';
+import { domainOf, imageCheck, refusalError, tileScores } from './lib/domain.mjs';
 import { sha256Hex } from './lib/sha256.mjs';
 
 export { KaeError };
+export { DomainCheck } from './lib/domain.mjs';
 
 const IN_NODE = typeof process !== 'undefined' && !!process.versions?.node && typeof window === 'undefined';
 // Tiles per network run, as the Python Codec's default --batch-size.
@@ -111,7 +115,8 @@ function describe(model) {
   return {
     name: model.name, family: model.family, quality: model.quality, codecId: model.codecId,
     inputShape: model.inputShape.slice(), latentDim: model.latentDim, psnrDb: model.psnrDb,
-    bytesPerImage: model.bytesPerImage,
+    bytesPerImage: model.bytesPerImage, dataset: model.dataset, domain: domainOf(model),
+    checksDomain: model.domain !== null,
   };
 }
 
@@ -122,6 +127,9 @@ class Kae {
     this.order = order;          // the export's model names, in models.json's order
     this.loaded = new Map();     // name -> Promise of {encoder, decoder} sessions
     this.current = null;
+    // The last encode's out-of-domain checks, one per image: a DomainCheck, or null where the model's card has
+    // no calibration (not checked). Set also when encode refuses (the error carries them too).
+    this.domainChecks = [];
   }
 
   get models() {
@@ -248,15 +256,19 @@ class Kae {
     return out;
   }
 
-  /** One image -> the .kae file kaec encode --backend onnx writes for it with the current model. */
+  /** One image -> the .kae file kaec encode --backend onnx writes for it with the current model. Options:
+   * fit, quant, force (encode an image outside the model's domain instead of refusing it), name (in errors). */
   async encode(pixels, width, height, mode, options = {}) {
-    const { quant, ...rest } = options;
-    return (await this.encodeMany([{ pixels, width, height, mode, ...rest }], { quant }))[0];
+    const { quant, force, name, ...rest } = options;
+    return (await this.encodeMany([{ pixels, width, height, mode, ...rest }], { quant, force, names: name ? [name] : undefined }))[0];
   }
 
-  /** Many images {pixels, width, height, mode, fit}, their tiles run through the encoder together. */
-  async encodeMany(items, { quant = 'uint8', names } = {}) {
+  /** Many images {pixels, width, height, mode, fit}, their tiles run through the encoder together. Each is
+   * checked against the model's domain as `kaec encode` checks it (this.domainChecks); one outside it is
+   * refused with a KaeError (error.domainChecks) before any file is made, unless `force`. */
+  async encodeMany(items, { quant = 'uint8', names, force = false } = {}) {
     const model = this.specs.get(this.current);
+    this.domainChecks = [];
     const [th, tw] = model.tile;
     const where = (i) => (names && names[i]) || (items.length > 1 ? `image ${i + 1}` : 'image');
     if (!QUANTS.includes(quant)) throw new KaeError(`quant: expected ${QUANTS.join(' or ')}, got '${quant}'`);
@@ -280,14 +292,29 @@ class Kae {
     }
     const D = model.latentDim;
     const latents = await this.run(model, 'encoder', input, total, [model.channels, th, tw], D);
+    const integers = model.tables ? toIntegers(latents, model) : null;
+    // the domain check, on the tiles and latents just made (no decoding), before any file is written
+    let checks = prepared.map(() => null);
+    if (model.domain) {
+      const scores = tileScores(model, input, total, { latents, integers });
+      at = 0;
+      checks = prepared.map((p) => {
+        const n = p.grid[0] * p.grid[1] * p.grid[2];
+        at += n;
+        return imageCheck(model, scores, at - n, n);
+      });
+    }
+    this.domainChecks = checks;
+    const refused = force ? null : refusalError(items.map((_, i) => where(i)), checks, model, '{force: true} encodes anyway');
+    if (refused) throw refused;
     at = 0;
     return prepared.map((p) => {
       const n = p.grid[0] * p.grid[1] * p.grid[2];
-      const z = latents.subarray(at * D, (at + n) * D);
+      const range = [at * D, (at + n) * D];
       at += n;
       const layout = { mode: p.mode, fit: p.fit, width: p.width, height: p.height, planes: p.grid[0], tilesY: p.grid[1], tilesX: p.grid[2] };
-      if (model.tables) return writeKae({ ...layout, integers: toIntegers(z, model) }, model);
-      return writeKae({ ...layout, latents: z }, model, { quant });
+      if (model.tables) return writeKae({ ...layout, integers: integers.subarray(...range) }, model);
+      return writeKae({ ...layout, latents: latents.subarray(...range) }, model, { quant });
     });
   }
 }

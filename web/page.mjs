@@ -3,6 +3,7 @@
 
 import { open, psnr, KaeError } from './kae.mjs';
 import { isPng, readPng } from './lib/png.mjs';
+import { outsideLine, refusal } from './lib/domain.mjs';
 
 const $ = (id) => document.getElementById(id);
 const SHOWN_BYTES = 64;   // the .kae bytes listed in hex; a digit's file is about 8 bytes
@@ -19,6 +20,7 @@ const page = {
   waiting: [],       // resolvers of idle()
   opened: 0,         // how many drops or picks of .kae files have been handled (tests wait on it)
   downloadUrl: null,
+  force: false,      // "Encode anyway": encode the source even outside the model's domain
 };
 
 // --- messages: one line each -------------------------------------------------------------------------------
@@ -35,6 +37,27 @@ function clearError() {
   $('error').hidden = true;
   $('error').textContent = '';
 }
+
+// The out-of-domain check of the last encode: a refusal offers "Encode anyway"; a forced encode of an image
+// outside the domain says so; anything else hides both.
+function showDomain(refused, check, name) {
+  const outside = !refused && check && check.outside;
+  $('domain').hidden = !(refused || page.force);
+  $('force').checked = page.force;
+  $('domain-note').textContent = outside ? `${outsideLine(name, check, page.kae.model)}; it will decode poorly` : '';
+}
+
+// A new source: "Encode anyway" applies to the one it was given for.
+function resetForce() {
+  page.force = false;
+  $('force').checked = false;
+  $('domain').hidden = true;
+}
+
+$('force').addEventListener('change', (event) => {
+  page.force = event.target.checked;
+  changed();
+});
 
 function status(text) {
   $('status').textContent = text;
@@ -158,6 +181,7 @@ function useDrawing(clear) {
 }
 
 $('clear').addEventListener('click', () => {
+  resetForce();
   useDrawing(true);
   changed();
 });
@@ -190,14 +214,26 @@ async function encodeLoop() {
 async function encodeOnce() {
   const source = page.source || canvasPixels();
   try {
-    const bytes = await page.kae.encode(source.pixels, source.width, source.height, source.mode);
+    // checked against the model's domain as kaec encode checks it: refused unless "Encode anyway"
+    const bytes = await page.kae.encode(source.pixels, source.width, source.height, source.mode,
+      { force: page.force, name: source.name });
+    const check = page.kae.domainChecks[0];
     const decoded = await page.kae.decode(bytes);
     const db = psnr(eightBit(source.pixels), decoded.pixels);
-    page.encoded = { source, bytes, decoded, psnr: db, model: decoded.model };
+    page.encoded = { source, bytes, decoded, psnr: db, model: decoded.model, check };
     showEncoded(page.encoded);
+    showDomain(false, check, source.name);
     clearError();
   } catch (error) {
-    showError(error, source.name);
+    if (error && error.domainChecks) {  // outside the domain: kaec's refusal, nothing encoded or shown for it
+      showError(refusal([source.name], error.domainChecks, page.kae.model, 'tick "Encode anyway" to encode it'));
+      page.encoded = null;
+      clearEncoded();
+      showDomain(true, error.domainChecks[0], source.name);
+    } else {
+      const message = String(error && error.message ? error.message : error);
+      showError(error, message.startsWith(`${source.name}: `) ? '' : source.name);
+    }
   }
   page.encodes += 1;
   document.body.dataset.encodes = String(page.encodes);
@@ -223,6 +259,18 @@ function showEncoded({ source, bytes, decoded, psnr: db }) {
   link.setAttribute('aria-disabled', 'false');
 }
 
+function clearEncoded() {
+  const recon = $('recon');
+  recon.getContext('2d').clearRect(0, 0, recon.width, recon.height);
+  for (const id of ['kae-size', 'psnr', 'kae-model', 'bytes']) $(id).textContent = '–';
+  const link = $('download');
+  if (page.downloadUrl) URL.revokeObjectURL(page.downloadUrl);
+  page.downloadUrl = null;
+  link.setAttribute('href', '#');
+  link.textContent = 'Download .kae';
+  link.setAttribute('aria-disabled', 'true');
+}
+
 // --- PNG files as the source ------------------------------------------------------------------------------
 
 // A PNG file as the source, in its own mode: lib/png.mjs reads it exactly as Pillow (and so kaec) does.
@@ -234,6 +282,7 @@ async function usePng(file) {
     showError(error, file.name);
     return;
   }
+  resetForce();
   const [height, width] = page.kae.model.inputShape.slice(1);
   if (image.mode === 'L' && image.width === width && image.height === height) {
     // A digit-sized gray image goes onto the canvas, where it can be drawn on.

@@ -5,9 +5,9 @@
 //       -> out/N.pixels (raw 8-bit, interleaved), out/N.integers (int32 little-endian, v2 files),
 //          out/N.latents (float32, what the decoder took);
 //          [{width, height, mode, model, version, error}] and the seconds taken
-//   {"cmd": "encode", "export": DIR, "model": NAME, "out": DIR, "many": bool, "quant": "uint8",
+//   {"cmd": "encode", "export": DIR, "model": NAME, "out": DIR, "many": bool, "quant": "uint8", "force": bool,
 //    "inputs": [{"file": raw path, "width", "height", "mode", "fit"}]}
-//       -> out/N.kae; [{bytes, error}] and the seconds taken
+//       -> out/N.kae; [{bytes, error}] and the seconds taken (force: images outside the model's domain too)
 //   {"cmd": "stack", "export": DIR, "model": NAME, "file": raw uint8 (count x h x w), "count", "width",
 //    "height", "out": FILE, "repeat": R}
 //       -> out: the .kae files of the stack's images one after the other; their lengths; encodeMany and
@@ -109,7 +109,7 @@ async function main() {
     const rows = [];
     const t = now();
     if (job.many) {
-      const files = await kae.encodeMany(items, { quant: job.quant ?? 'uint8' });
+      const files = await kae.encodeMany(items, { quant: job.quant ?? 'uint8', force: job.force ?? false });
       files.forEach((f, i) => {
         fs.writeFileSync(path.join(job.out, `${i}.kae`), f);
         rows.push({ bytes: f.length });
@@ -117,7 +117,7 @@ async function main() {
     } else {
       for (const [i, it] of items.entries()) {
         try {
-          const f = await kae.encode(it.pixels, it.width, it.height, it.mode, { fit: it.fit, quant: job.quant ?? 'uint8' });
+          const f = await kae.encode(it.pixels, it.width, it.height, it.mode, { fit: it.fit, quant: job.quant ?? 'uint8', force: job.force ?? false });
           fs.writeFileSync(path.join(job.out, `${i}.kae`), f);
           rows.push({ bytes: f.length });
         } catch (e) {

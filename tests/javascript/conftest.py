@@ -4,6 +4,7 @@ Each skips with a one-line reason where what it needs is missing (Node, `npm ci 
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -41,4 +42,15 @@ def web_export(tmp_path_factory) -> Path:
         pytest.skip(f"{ORT_PACKAGE} is not installed: {e}")
     out = tmp_path_factory.mktemp("web") / "export"
     write_web_export(EXPORTED, out)
+    return out
+
+
+def run_driver(node: str, script: Path, job: dict, timeout: int = 900) -> dict:
+    """A test driver (a .mjs beside the tests) run on one job given as JSON on stdin; its last stdout line is
+    its JSON answer, which holds "fatal" where the driver itself failed."""
+    r = subprocess.run([node, str(script)], input=json.dumps(job), capture_output=True, text=True, timeout=timeout,
+                       check=False)
+    lines = r.stdout.strip().splitlines()
+    out = json.loads(lines[-1]) if lines else {}
+    assert r.returncode == 0 and "fatal" not in out, f"{script.name} failed: {out.get('fatal')}\n{r.stderr[-3000:]}"
     return out

@@ -8,6 +8,8 @@ selenium, on the export folder served from 127.0.0.1 (kaecompress.exporters.web.
   dimensions, the images shown within one level of Python's; a damaged file shows an error line, not an image;
 - the canvas: a golden digit's PNG encodes to its committed .kae bytes, and a digit drawn with the mouse gives
   the bytes Python writes for the same pixels, a reconstruction within one level of Python's and its PSNR;
+- the out-of-domain check: drawn digits pass it; a PNG unlike the digits shows `kaec encode`'s refusal and
+  "Encode anyway" encodes it to Python's bytes;
 - a screenshot of the page, saved under the test's tmp path and into $KAEC_ARTEFACTS when that is set.
 
     python tests/javascript/test_web_browser.py --screenshot docs/images/web-page.png   # the docs' screenshot
@@ -412,12 +414,23 @@ def test_a_golden_digit_png_encodes_to_its_committed_bytes(page):
         assert worst(rgba_as(unb64(shown["recon"]), (28, 28), "L"), pixels) <= 1
 
 
-def draw_digit(driver) -> None:
-    """A 7, drawn with the mouse on the canvas (280 px on screen for 28 pixels)."""
+# Digits as mouse strokes: offsets in screen pixels from the canvas's centre (280 px on screen for 28 pixels).
+DRAWN = {
+    "7": [[(-65, -75), (60, -80), (70, -70), (-5, 90)]],
+    "1": [[(0, -90), (0, 90)]],
+    "0": [[(0, -90), (50, -60), (60, 0), (45, 70), (0, 90), (-45, 70), (-60, 0), (-50, -60), (0, -90)]],
+    "4": [[(30, -90), (-60, 30), (65, 30)], [(30, -90), (30, 95)]],
+    "8": [[(0, 0), (45, -45), (0, -90), (-45, -45), (0, 0), (55, 45), (0, 90), (-55, 45), (0, 0)]],
+    "2": [[(-55, -55), (0, -90), (55, -55), (-60, 90), (65, 90)]],
+    "7, wide": [[(-100, -100), (100, -100), (-20, 110)]],
+}
+
+
+def draw_digit(driver, strokes=DRAWN["7"]) -> None:
+    """A digit (a 7 unless `strokes` says otherwise), drawn with the mouse on the canvas."""
     from selenium.webdriver.common.action_chains import ActionChains
 
     canvas = driver.find_element("id", "draw")
-    strokes = [[(-65, -75), (60, -80), (70, -70), (-5, 90)]]  # offsets from the canvas's centre
     for stroke in strokes:
         actions = ActionChains(driver, duration=10)
         actions.move_to_element_with_offset(canvas, *stroke[0]).click_and_hold()
@@ -452,6 +465,71 @@ def test_a_drawn_digit_encodes_live_as_python_encodes_it(page):
     page.find_element("id", "clear").click()
     settle(page)
     assert page.execute_async_script(SHOWN)["kae"] == blank["kae"]
+
+
+DOMAIN_STATE = """
+return {error: document.getElementById('error').hidden ? null : document.getElementById('error').textContent,
+        control: !document.getElementById('domain').hidden, forced: document.getElementById('force').checked,
+        note: document.getElementById('domain-note').textContent, size: document.getElementById('kae-size').textContent,
+        check: kaePage.kae.domainChecks[0] ? kaePage.kae.domainChecks[0].toJSON() : null};
+"""
+
+
+def test_a_non_digit_png_is_refused_and_encoded_anyway(page, tmp_path):
+    """Digits drawn on the canvas pass the out-of-domain check (no refusal, no control shown). PNGs unlike the
+    digits (28x28 noise, which goes onto the canvas, and a colour field) show `kaec encode`'s refusal line in
+    the error element, nothing encoded, and an "Encode anyway" control; ticking it encodes the image to the
+    bytes Python writes and says it is outside; Clear goes back to the drawing, unforced."""
+    from kaecompress.cli.coding import _refuse_outside
+    from PIL import Image
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from kaecompress.codec.domain import domain_of
+    from kaecompress.errors import KaecError
+
+    worst = 0.0
+    for name, strokes in DRAWN.items():
+        page.find_element("id", "clear").click()
+        settle(page)
+        draw_digit(page, strokes)
+        settle(page)
+        state = page.execute_script(DOMAIN_STATE)
+        assert state["error"] is None and not state["control"] and not state["check"]["outside"], (name, state)
+        worst = max(worst, state["check"]["value"] / state["check"]["threshold"])
+    rng = np.random.default_rng(7)
+    pngs = {"noise.png": Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)),
+            "field.png": Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((80, 60))}
+    c = codec("mnist-q2")
+    for name, im in pngs.items():
+        im.save(tmp_path / name)
+        im = Image.open(tmp_path / name)
+        c.compress_many([im], check_domain=True)
+        check = c.domain_checks[0]
+        with pytest.raises(KaecError) as refused:
+            _refuse_outside(c, [Path(name)], False)
+        line = str(refused.value).replace("--force encodes anyway", 'tick "Encode anyway" to encode it')
+        before = page.execute_script("return kaePage.encodes")
+        page.find_element("id", "png-file").send_keys(str(tmp_path / name))
+        WebDriverWait(page, 30, 0.05).until(lambda d, before=before: d.execute_script("return kaePage.encodes") > before)
+        settle(page)
+        state = page.execute_script(DOMAIN_STATE)
+        assert state["error"] == line, (state["error"], line)
+        assert state["control"] and not state["forced"] and state["size"] == "–", state
+        page.find_element("id", "force").click()
+        WebDriverWait(page, 30, 0.05).until(lambda d: d.execute_script(
+            "return !kaePage.busy && document.getElementById('error').hidden"))
+        shown = page.execute_async_script(SHOWN)
+        state = page.execute_script(DOMAIN_STATE)
+        assert shown["error"] is None and state["forced"], state
+        assert base64.b64decode(shown["kae"]) == c.to_kae(c.compress(im)), name
+        assert state["note"] == f"{name}: outside mnist-q2's domain, {domain_of(c.loaded)}: {check.describe()}; it " \
+                                "will decode poorly"
+    page.find_element("id", "clear").click()
+    settle(page)
+    state = page.execute_script(DOMAIN_STATE)
+    assert state["error"] is None and not state["control"] and not state["forced"] and state["note"] == ""
+    print(f"\n{len(DRAWN)} drawn digits inside mnist-q2's domain (at most {100 * worst:.0f}% of a limit); "
+          f"{len(pngs)} PNGs refused with kaec's line, then encoded anyway to Python's bytes")
 
 
 def test_another_model_from_the_picker_encodes_the_drawing(page, exported):

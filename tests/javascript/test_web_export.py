@@ -35,6 +35,8 @@ def test_model_json_holds_the_models_own_tables_and_files(web_export: Path, name
     shipped = load_shipped(name)
     assert doc["schema"] == web.SCHEMA and doc["weights_sha256"] == card["weights_sha256"]
     assert doc["codec_id"] == card.get("codec_id") and doc["latent_dim"] == shipped.latent_dim
+    # the out-of-domain check's calibration, as the card has it, and the dataset that names the domain
+    assert doc["domain"] == card["domain"] and doc["dataset"] == shipped.dataset
     for part in ("encoder", "decoder", "weights"):
         data = (web_export / "models" / name / doc[part]["file"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == doc[part]["sha256"]

@@ -1,11 +1,12 @@
 // model.json (schema "kaecompress-web-model", version 1) -> the model object the coder uses: typed arrays,
 // the 32 sha256 bytes and the CRC state after them. Every field is checked as the Python library checks the
-// same arrays (codec/rangecoder.py _check_tables, codec/context.py check), so a bad file is refused here, with
-// the field named, rather than giving wrong integers later.
+// same arrays (codec/rangecoder.py _check_tables, codec/context.py check, codec/domain.py calibration), so a bad
+// file is refused here, with the field named, rather than giving wrong integers or decisions later.
 
 import { KaeError, crc16 } from './bitstream.mjs';
 import { modelCdf } from './rangecoder.mjs';
 import { prepareContext } from './context.mjs';
+import { STATISTICS } from './domain.mjs';
 
 const SCHEMA = 'kaecompress-web-model';
 const SCHEMA_VERSION = 1;
@@ -138,6 +139,35 @@ function readContext(c, dims) {
   return prepareContext(Int32Array.from(order), weights, Float64Array.from(bias));
 }
 
+// The card's "domain" entry (kaecompress/codec/domain.py calibration): a bad one is refused, not skipped, since
+// it is what refuses images. -> {statistics: [[name, threshold], ...] in the card's order, mean, std (z2)}.
+function readDomain(d, dims, tables) {
+  const expected = `null or an object {statistics: {${Object.keys(STATISTICS).join('|')}: {threshold}}, ...}`;
+  if (!isObject(d) || !isObject(d.statistics) || !Object.keys(d.statistics).length) fail('domain', expected, d);
+  const statistics = [];
+  for (const [name, entry] of Object.entries(d.statistics)) {
+    if (!Object.hasOwn(STATISTICS, name)) fail('domain.statistics', `statistics among ${Object.keys(STATISTICS).join(', ')}`, name);
+    const threshold = isObject(entry) ? entry.threshold : undefined;
+    if (typeof threshold !== 'number' || !Number.isFinite(threshold)) fail(`domain.statistics.${name}.threshold`, 'a finite number', threshold);
+    statistics.push([name, threshold]);
+  }
+  const names = statistics.map(([name]) => name);
+  if (names.includes('bits') && tables === null) fail('domain.statistics', 'no bits for a model without tables', names);
+  let mean = null;
+  let std = null;
+  if (names.includes('z2')) {
+    for (const key of ['mean', 'std']) {
+      const v = d[key];
+      if (!Array.isArray(v) || v.length !== dims || !v.every((x) => typeof x === 'number' && Number.isFinite(x) && (key === 'mean' || x > 0))) {
+        fail(`domain.${key}`, `a list of ${dims} finite numbers${key === 'std' ? ' above 0' : ''} (latent_dim)`, v);
+      }
+    }
+    mean = Float64Array.from(d.mean);
+    std = Float64Array.from(d.std);
+  }
+  return { statistics, mean, std };
+}
+
 /** The model object of a parsed model.json (or its text). KaeError naming the field for anything malformed. */
 export function modelFromJson(json) {
   if (typeof json === 'string') {
@@ -171,6 +201,10 @@ export function modelFromJson(json) {
     const v = json[key];
     if (v !== null && v !== undefined && !(typeof v === 'number' && Number.isFinite(v))) fail(key, 'a number or null', v);
   }
+  if (json.dataset !== null && json.dataset !== undefined && (typeof json.dataset !== 'string' || !json.dataset)) {
+    fail('dataset', 'a dataset name or null', json.dataset);
+  }
+  const domain = json.domain === null || json.domain === undefined ? null : readDomain(json.domain, latentDim, tables);
   const sha256Bytes = new Uint8Array(32);
   for (let i = 0; i < 32; i++) sha256Bytes[i] = parseInt(weightsSha256.slice(2 * i, 2 * i + 2), 16);
   return {
@@ -179,5 +213,6 @@ export function modelFromJson(json) {
     inputShape: shape.slice(), channels: shape[0], tile: [shape[1], shape[2]], latentDim,
     encoder, decoder, weights, tables, context,
     psnrDb: json.psnr_db ?? null, bytesPerImage: json.bytes_per_image ?? null,
+    dataset: json.dataset ?? 'mnist', domain,
   };
 }
