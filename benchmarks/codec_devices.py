@@ -10,7 +10,7 @@ For every model of the codec families, the test images are encoded with the netw
 - images/s of the network alone and of the whole encode and decode (entropy coding and container included).
 Exits 1 when a latent differs or a pixel differs by more than one level.
 
-    python benchmarks/codec_devices.py [--devices cpu,cuda] [--images 10000] [--family mnist] [--json out.json]
+    python benchmarks/codec_devices.py [--devices cpu,cuda] [--images 10000] [--family mnist] [--json-file out.json]
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=10000)
     ap.add_argument("--backend", default="torch", help="torch, or onnx (onnxruntime's CPU and CUDA providers)")
     ap.add_argument("--family", action="append", help="mnist or fashion-mnist (default: both)")
-    ap.add_argument("--json", help="write the rows here")
+    ap.add_argument("--json-file", help="write the rows here")
     args = ap.parse_args()
     devices = args.devices.split(",")
     rows = []
@@ -102,8 +102,8 @@ def main() -> int:
             agree = "  ".join(f"{k} {v}" for k, v in row.items()
                               if k.startswith(("identical", "latents", "max", "pixels_")))
             print(f"{name}: {per}  {agree}", flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
+    if args.json_file:
+        with open(args.json_file, "w") as f:
             json.dump(rows, f, indent=1)
     bad = [r["model"] for r in rows for k, v in r.items()
            if (k.startswith("latents_equal") and not v) or (k.startswith("max_pixel_diff") and v > 1)]

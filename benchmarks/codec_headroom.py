@@ -17,7 +17,7 @@ container):
 
 For a model shipped with a context model, a second row measures the same on the residuals its files code.
 The models were trained for the factorized prior; trained with a richer one, latents could adapt further.
-Usage: python benchmarks/codec_headroom.py [--model fashion-q7 --model mnist-q5] [--json out.json]
+Usage: python benchmarks/codec_headroom.py [--model fashion-q7 --model mnist-q5] [--json-file out.json]
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def headroom(train: np.ndarray, test: np.ndarray) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", action="append", help="Shipped codec model (repeatable).")
-    parser.add_argument("--json", help="Write the figures here.")
+    parser.add_argument("--json-file", help="Write the figures here.")
     args = parser.parse_args()
     from rich.console import Console
     from rich.table import Table
@@ -134,8 +134,8 @@ def main() -> None:
                       *[f"{v:.2f}" + ("" if k == "factorized" else f" ({100 * (v / base - 1):+.1f}%)")
                         for k, v in row["bytes"].items()])
     Console(width=160).print(table)
-    if args.json:
-        with open(args.json, "w") as f:
+    if args.json_file:
+        with open(args.json_file, "w") as f:
             json.dump(rows, f, indent=2)
 
 

@@ -11,13 +11,17 @@
 #                                                 they pile up on the warm machine, and later calls find them there
 #   bash benchmarks/gpu_check.sh                  there (carry .gpu-wheels/base, and .gpu-wheels/train where it fits):
 #                                                 installs, then trains the quick start on CUDA, `kaec bench --provider
-#                                                 cuda --json` (only when the onnxruntime-gpu parts are all there: else
+#                                                 cuda --json-file` (only when the onnxruntime-gpu parts are all there: else
 #                                                 a visible SKIP), the CUDA tests, the codec families on CPU and CUDA
 #                                                 (benchmarks/codec_devices.py), a 4-run sweep with --workers 4
 #                                                 --runs-per-gpu 4 and 8 runs packed against one by one
 #                                                 (benchmarks/pack_speed.py)
 #   KAEC_GPU_ONLY=bench,codec bash benchmarks/gpu_check.sh   there: the install and only the steps named
-#                                                 (quickstart, bench, tests, codec, sweep, pack)
+#                                                 (quickstart, bench, tests, codec, sweep, pack; and grid, only
+#                                                 when named: the study's first grid packed 8 to a task on 4
+#                                                 workers for KAEC_GRID_S seconds (default 420), then Ctrl-C;
+#                                                 finished runs' summaries in $OUT/results for results/collect.py;
+#                                                 the runs folder stays on the warm machine: a next call resumes)
 #   bash benchmarks/gpu_check.sh --dry-run        anywhere: the same steps on CPU without training (kaec --dry-run,
 #                                                 the bench's CUDA refusal, test collection, the codec check on 200
 #                                                 images with `auto` standing in for cuda), to check the script
@@ -227,10 +231,10 @@ fi
 if wants codec; then
 step "codec families on CPU and $DEVICE (benchmarks/codec_devices.py)"
 if [ "$DRY" = 1 ]; then  # `auto` is the CPU here: the comparison runs, on few images
-  $PY benchmarks/codec_devices.py --devices cpu,auto --images 200 --family mnist --json "$WORK/codec.json" | tail -2 || exit 1
+  $PY benchmarks/codec_devices.py --devices cpu,auto --images 200 --family mnist --json-file "$WORK/codec.json" | tail -2 || exit 1
 else
   start=$(date +%s.%N)
-  $PY benchmarks/codec_devices.py --devices cpu,cuda --json "$OUT/codec_devices.json" || exit 1
+  $PY benchmarks/codec_devices.py --devices cpu,cuda --json-file "$OUT/codec_devices.json" || exit 1
   figure codec_devices_wall_s "$(since "$start")"
 fi
 fi
@@ -256,14 +260,34 @@ fi
 if wants pack; then
 step "packed training against one by one on $DEVICE (benchmarks/pack_speed.py)"
 if [ "$DRY" = 1 ]; then  # the script end to end on a few inputs: checks it, measures nothing
-  $PY benchmarks/pack_speed.py --device cpu --runs 2 --inputs 128 --val 100 --json "$WORK/pack.json" | tail -3 || exit 1
+  $PY benchmarks/pack_speed.py --device cpu --runs 2 --inputs 128 --val 100 --json-file "$WORK/pack.json" | tail -3 || exit 1
 else
-  $PY benchmarks/pack_speed.py --device cuda --runs 8 --inputs 25600 --json "$OUT/pack_speed.json" || exit 1
+  $PY benchmarks/pack_speed.py --device cuda --runs 8 --inputs 25600 --json-file "$OUT/pack_speed.json" || exit 1
   $PY -c "
 import json; r = json.load(open('$OUT/pack_speed.json'))
 for mode in ('one_by_one', 'packed'):
     print('FIGURE pack_%s_total_samples_per_s %.0f' % (mode, r[mode]['total_samples_per_s']))
 print('FIGURE pack_speedup_total %s' % r['speedup_total'])"
+fi
+fi
+
+if [[ ",${KAEC_GPU_ONLY:-}," == *",grid,"* ]]; then
+step "the study's first grid on $DEVICE: --pack 8 --workers 4 --runs-per-gpu 4 for ${KAEC_GRID_S:-420} s"
+GRID_RUNS=$([ "$DRY" = 1 ] && echo "$WORK/grid" || echo "$STASH/grid")  # kept on a warm machine: a later call resumes
+GRID=("${KAEC[@]}" train -c experiments/cnn-kae-01.yml --runs-dir "$GRID_RUNS" --device "$DEVICE" --pack 8
+      --workers 4 --runs-per-gpu 4)
+if [ "$DRY" = 1 ]; then
+  "${GRID[@]}" --dry-run | tail -3 || exit 1
+else
+  start=$(date +%s.%N)
+  timeout -s INT -k 120 "${KAEC_GRID_S:-420}" "${GRID[@]}" > "$WORK/grid.log" 2>&1
+  rc=$?; wall=$(since "$start"); tail -5 "$WORK/grid.log"
+  [ $rc = 0 ] || [ $rc = 130 ] || [ $rc = 124 ] || exit 1  # finished, or cut short as asked
+  $PY results/collect.py "$GRID_RUNS" "$OUT/results" || exit 1
+  done_runs=$(ls "$OUT"/results/cnn-kae-01/*/summary.json 2>/dev/null | wc -l)
+  figure grid_wall_s "$wall"
+  figure grid_runs_finished "$done_runs"
+  figure grid_total_samples_per_s "$($PY -c "print(round($done_runs * 300000 / $wall))")"
 fi
 fi
 

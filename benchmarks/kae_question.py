@@ -4,7 +4,7 @@ trained with the same recipe (experiments/explorations/mnist-codec-kae-question.
 Each run folder's model writes the .kae files `kaec encode --model RUN` would write; an unshipped model's
 header names it by its 8-byte hash and the image size (16 bytes with the check), so the sizes compared are
 those of the same files from a shipped model: the coded latents plus the 1-byte header and 2-byte check.
-Usage: python benchmarks/kae_question.py [--images N] [--runs-dir runs] [--json out.json]
+Usage: python benchmarks/kae_question.py [--images N] [--runs-dir runs] [--json-file out.json]
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=10_000)
     ap.add_argument("--runs-dir", type=Path, default=ROOT / "runs")
-    ap.add_argument("--json", type=Path)
+    ap.add_argument("--json-file", type=Path)
     args = ap.parse_args()
     pixels = load_dataset("mnist", args.images, None)
     runs = load_experiment(ROOT / "experiments/explorations/mnist-codec-kae-question.yml").runs
@@ -59,8 +59,8 @@ def main() -> None:
     print(f"KAE decoder against Linear decoder ({len(kae)} and {len(linear)} points, {result['method']}): "
           + " ".join(figures) + (f" over {span[0]:.2f}-{span[1]:.2f} dB" if span else "")
           + (f" ({result['note']})" if result["note"] else ""))
-    if args.json:
-        args.json.write_text(json.dumps({"images": len(pixels), "kae": kae, "linear": linear, "bd": result},
+    if args.json_file:
+        args.json_file.write_text(json.dumps({"images": len(pixels), "kae": kae, "linear": linear, "bd": result},
                                         indent=2))
 
 

@@ -6,7 +6,7 @@ into fresh folders through the real trainers (train.train_run, packing.train_pac
 `--val` images included; samples/s counts training inputs over each run's own train_time_s (validation
 excluded, as in summaries) and, for the total, all runs' inputs over the wall time of the whole set.
 
-    python benchmarks/pack_speed.py [--device cpu|cuda] [--runs 4] [--inputs 2560] [--json out.json]
+    python benchmarks/pack_speed.py [--device cpu|cuda] [--runs 4] [--inputs 2560] [--json-file out.json]
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def main() -> None:
     ap.add_argument("--inputs", type=int, default=2560, help="training inputs per run")
     ap.add_argument("--val", type=int, default=1000, help="validation images")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the trainer's)")
-    ap.add_argument("--json", help="also write the figures to this file")
+    ap.add_argument("--json-file", help="also write the figures to this file")
     args = ap.parse_args()
 
     train = load_images("mnist", True)
@@ -91,9 +91,9 @@ def main() -> None:
                                                                                packed["final_val_loss"]))
     print(f"packed / one by one: {result['speedup_total']}x in total; final validation losses differ by at most "
           f"{result['max_rel_val_loss_diff']:.2e} (relative)")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    if args.json_file:
+        Path(args.json_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_file).write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

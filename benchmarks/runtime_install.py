@@ -12,7 +12,7 @@ Budgets (PASS/FAIL): venv <= 300 MB; encode and decode <= 0.6 s and <= 150 MB ea
 the training install's; 10k throughput >= the training install's --backend onnx, with the same bytes;
 refusals <= 1 s.
 
-    python benchmarks/runtime_install.py [--runs 7] [--batch-runs 3] [--json docs/results/runtime_install.json]
+    python benchmarks/runtime_install.py [--runs 7] [--batch-runs 3] [--json-file docs/results/runtime_install.json]
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=7, help="Runs of each small command (after one warm-up).")
     ap.add_argument("--batch-runs", type=int, default=3, help="Runs of each 10k encode.")
-    ap.add_argument("--json", type=Path, default=ROOT / "docs" / "results" / "runtime_install.json")
+    ap.add_argument("--json-file", type=Path, default=ROOT / "docs" / "results" / "runtime_install.json")
     args = ap.parse_args()
     load_start = os.getloadavg()
     training_kaec = Path(sys.executable).parent / "kaec"
@@ -199,9 +199,9 @@ def main() -> None:
         value, limit = (x if isinstance(x, bool) else round(x, 3) for x in (value, limit))
         result["budgets"].append({"name": name, "value": value, "op": op, "limit": limit, "pass": ok})
     report(result)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    args.json_file.parent.mkdir(parents=True, exist_ok=True)
+    args.json_file.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.json_file}")
 
 
 def report(r: dict) -> None:

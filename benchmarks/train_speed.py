@@ -7,7 +7,7 @@ Model: ks 7, channels [32], latent 16, encoder KAE order 3, batch 64, real MNIST
 Rounds interleave the models so that load from other processes hits all of them alike; the median of
 the rounds is reported. The optimizer is the trainer's (fused AdamW). Goals (issue 2): fast >= 10x literal, fast >= 0.6x linear.
 
-    python benchmarks/train_speed.py [--rounds 5] [--steps 20] [--json out.json]
+    python benchmarks/train_speed.py [--rounds 5] [--steps 20] [--json-file out.json]
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=20, help="steps per round (the literal model runs a quarter)")
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--json", help="also write the figures to this file")
+    ap.add_argument("--json-file", help="also write the figures to this file")
     args = ap.parse_args()
 
     images = load_images("mnist", True)
@@ -82,8 +82,8 @@ def main() -> None:
         passed = value >= goals[name]
         ok &= passed
         print(f"  {name:13s} {value:6.2f}x   goal >= {goals[name]}x   {'PASS' if passed else 'FAIL'}")
-    if args.json:
-        with open(args.json, "w") as f:
+    if args.json_file:
+        with open(args.json_file, "w") as f:
             json.dump({"samples_per_s": med, "rounds": samples, "ratios": ratios, "goals": goals}, f, indent=2)
     raise SystemExit(0 if ok else 1)
 

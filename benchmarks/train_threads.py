@@ -8,7 +8,7 @@ after: an idle machine shows about 0); "+1 busy" adds one process spinning on th
 as another job would.
 The ratio 1-thread / 2-thread is what `kaecompress.experiments.resources.default_threads` is chosen from.
 
-    python benchmarks/train_threads.py [--rounds 3] [--inputs 6400] [--json out.json]
+    python benchmarks/train_threads.py [--rounds 3] [--inputs 6400] [--json-file out.json]
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--inputs", type=int, default=6400)
-    ap.add_argument("--json", default=None)
+    ap.add_argument("--json-file", default=None)
     args = ap.parse_args()
     result = {"cpus": os.cpu_count(), "load_before": os.getloadavg()}
     for condition in ("as found", "+1 busy"):
@@ -87,8 +87,8 @@ def main() -> None:
     result["load_after"] = os.getloadavg()
     print(f"load average before {result['load_before'][0]:.2f}, after {result['load_after'][0]:.2f} "
           f"({result['cpus']} CPUs)")
-    if args.json:
-        with open(args.json, "w") as f:
+    if args.json_file:
+        with open(args.json_file, "w") as f:
             json.dump(result, f, indent=2)
 
 

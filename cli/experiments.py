@@ -47,8 +47,8 @@ def train(
     pack: str = typer.Option("auto", "--pack", metavar="auto|N|off", help="Train runs that differ only in "
                              "numbers (trial, optimizer, lr) together as one batched model, each with its own "
                              "folder, checkpoint and summary: at most N per pack; auto: off until packing is measured "
-                             "to pay (on the CPU it does not); off: one by one. Only without --workers or --ray; "
-                             "codec runs always train alone."),
+                             "to pay (on the CPU it does not); off: one by one. Codec runs pack across lambdas; with "
+                             "--workers or --ray a pack is one worker's task."),
 ) -> None:
     """Train every run of an experiment; finished runs are skipped and interrupted ones resume."""
     import os

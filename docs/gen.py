@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import re
+import statistics
 import sys
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -233,9 +236,162 @@ def web_table() -> str:
     return "\n".join(rows) + "\n"
 
 
+# ---- the study, row by row (docs/study.md) ----------------------------------------------------------
+
+STUDY_GRIDS = {"grid1": "experiments/cnn-kae-01.yml", "grid2": "experiments/cnn-kae-02.yml"}
+RELATIVE_FLAG = 0.10  # grid 2: one trial on each side, so no spread to judge a difference by
+MACHINES = {"cpu": "on the development machine (2 CPU cores, two runs at once)"}
+DIFFERS = "**differs**"
+
+
+def _study_rows(grid: str) -> tuple[list[str], list[tuple[dict, list[float], list[dict]]], int]:
+    """The experiment's matrix keys (trial left out); in matrix order, each study row with the final
+    validation losses and summaries of our finished runs of its settings under results/ (what `kaec results
+    --runs-dir results` reads); and how many runs the experiment has."""
+    from kaecompress.experiments import runs
+    from kaecompress.experiments.config import load_experiment
+
+    experiment = load_experiment(ROOT / STUDY_GRIDS[grid])
+    keys = [k for k in experiment.matrix if k != "trial"]
+    ours: dict[tuple, list[dict]] = {tuple(cfg.matrix[k] for k in keys): [] for cfg in experiment.runs}
+    for cfg in experiment.runs:
+        folder = ROOT / "results" / cfg.run_folder
+        if runs.run_status(folder, cfg.recipe()) == "finished":
+            ours[tuple(cfg.matrix[k] for k in keys)].append(runs.read_json(folder / runs.SUMMARY))
+    study_rows = json.loads((ROOT / "docs" / "results" / "study-cnn-kae.json").read_text())[grid]
+    study = {tuple(row[k] for k in keys): row for row in study_rows}
+    rows = [(study[k], [s["final_val_loss"] for s in summaries], summaries) for k, summaries in ours.items()]
+    return keys, rows, len(experiment.runs)
+
+
+def grid1_flag(losses: list[float], study: float, study_std: float) -> str:
+    """Flag a gap wider than 2 sqrt(std_ours^2 + std_study^2) (sample stds); one trial of ours has no spread."""
+    if len(losses) < 2:
+        return "1 trial" if losses else ""
+    gap = abs(statistics.mean(losses) - study)
+    return DIFFERS if gap > 2 * math.hypot(statistics.stdev(losses), study_std) else "agrees"
+
+
+def grid2_flag(losses: list[float], study: float) -> str:
+    if not losses:
+        return ""
+    return DIFFERS if abs(statistics.mean(losses) - study) > RELATIVE_FLAG * study else "agrees"
+
+
+def _ours(losses: list[float]) -> str:
+    if not losses:
+        return "not trained yet"
+    spread = f" +- {statistics.stdev(losses):.6f}" if len(losses) > 1 else ""
+    return f"{statistics.mean(losses):.6f}{spread} ({len(losses)})"
+
+
+def _setting(value) -> str:
+    return "none" if value is None else str(value)  # grid 1's empty outact cell: no output activation
+
+
+def _study_table(grid: str, study_loss, flag) -> tuple[str, list[str]]:
+    """A grid's table, ours beside the study's row by row, with a sentence on what is in; and each row's flag."""
+    keys, rows, n_runs = _study_rows(grid)
+    shown = [k for k in keys if len({repr(study[k]) for study, _, _ in rows}) > 1]
+    lines = [f"| {' | '.join(shown)} | study | ours (trials) | ours - study | flag | samples/s: study | ours |",
+             "|" + "---|" * len(shown) + "---:|---:|---:|---|---:|---:|"]
+    flags = []
+    for study, losses, summaries in rows:
+        flags.append(flag(losses, study))
+        gap = speed = ""
+        if summaries:
+            d = statistics.mean(losses) - study["loss"]
+            gap = f"{d:+.6f} ({d / study['loss']:+.1%})"
+            speed = f"{statistics.mean(s['throughput'] for s in summaries):,.0f}/s"
+        cells = [*(_setting(study[k]) for k in shown), study_loss(study), _ours(losses), gap, flags[-1],
+                 f"{study['throughput']:,}/s", speed]
+        lines.append(f"| {' | '.join(cells)} |")
+    machines = Counter((s["device"], s["threads"]) for _, _, summaries in rows for s in summaries)
+    where = "; ".join(f"{n} on {device} with {threads} thread{'s' * (threads > 1)} per run"
+                      + (f", {MACHINES[device]}" if device in MACHINES else "")
+                      for (device, threads), n in machines.items())
+    constant = ", ".join(f"{k} {_setting(rows[0][0][k])}" for k in keys if k not in shown)
+    done = sum(1 for _, losses, _ in rows if losses)
+    lines += ["", f"{done} of the {len(rows)} settings and {sum(len(losses) for _, losses, _ in rows)} of the "
+              f"{n_runs} runs are in" + (f": {where}" if where else "") + f". Every row has {constant}."]
+    return "\n".join(lines), flags
+
+
+def study_grid1() -> str:
+    table, flags = _study_table("grid1", lambda s: f"{s['loss']:.6f} +- {s['loss_std']:.6f}",
+                                lambda losses, s: grid1_flag(losses, s["loss"], s["loss_std"]))
+    judged = len(flags) - flags.count("") - flags.count("1 trial")
+    return (f"{table} " + (f"Flagged: {flags.count(DIFFERS)} of the {judged} settings with two or more trials "
+                           "of ours" if judged else "No setting has two trials of ours yet to judge")
+            + f"; {flags.count('1 trial')} with one trial so far.\n")
+
+
+def study_grid2() -> str:
+    # The study printed this grid's losses to 6 significant digits: shown as it printed them.
+    table, flags = _study_table("grid2", lambda s: f"{s['loss']}", lambda losses, s: grid2_flag(losses, s["loss"]))
+    trained = len(flags) - flags.count("")
+    return (f"{table} Flagged: ours more than {RELATIVE_FLAG:.0%} away from the study's one trial; "
+            + (f"{flags.count(DIFFERS)} of the {trained} settings trained.\n" if trained else "none trained yet.\n"))
+
+
+def study_questions() -> str:
+    # The study's two questions on its first grid, each with the other side Linear, at bs 64 and AdamW.
+    _, rows, _ = _study_rows("grid1")
+    at = {tuple(study[k] for k in ("bs", "opt", "ks", "outact", "enckae", "deckae")): (study, losses)
+          for study, losses, _ in rows}
+    lines = ["| ks | outact | question | study: KAE / Linear | change | ours: KAE / Linear | change |",
+             "|---:|---|---|---:|---:|---:|---:|"]
+    for ks, outact in dict.fromkeys((study["ks"], study["outact"]) for study, _, _ in rows):
+        for side, orders in (("KAE decoder", ((0, 3), (0, 0))), ("KAE encoder", ((3, 0), (0, 0)))):
+            (kae, kae_losses), (linear, linear_losses) = (at[(64, "AdamW", ks, outact, *o)] for o in orders)
+            theirs = f"{kae['loss']:.6f} / {linear['loss']:.6f} | {kae['loss'] / linear['loss'] - 1:+.1%}"
+            ours = (f"{_ours(kae_losses)} / {_ours(linear_losses)} | " + (
+                f"{statistics.mean(kae_losses) / statistics.mean(linear_losses) - 1:+.1%}"
+                if kae_losses and linear_losses else "not trained yet"))
+            lines.append(f"| {ks} | {_setting(outact)} | {side} | {theirs} | {ours} |")
+    lines += ["", ("change: the KAE model's validation loss against the Linear one's (negative: the KAE side "
+                   "reconstructs better); ours are means over the trials done (in brackets).")]
+    return "\n".join(lines) + "\n"
+
+
+def study_verdict() -> str:
+    # The study's conclusions tested on our rows: each contrast counted over the pairs of settings (bs 64,
+    # AdamW) that differ only in it and that we have trained on both sides, the study's count beside ours.
+    _, rows, _ = _study_rows("grid1")
+    keys = ("ks", "enckae", "deckae", "outact")
+    at = {tuple(study[k] for k in keys): (study["loss"], losses) for study, losses, _ in rows
+          if study["bs"] == 64 and study["opt"] == "AdamW"}
+    contrasts = [("a KAE decoder", "a Linear one", "deckae", 3, 0), ("a KAE encoder", "a Linear one", "enckae", 3, 0),
+                 ("kernel size 7", "kernel size 3", "ks", 7, 3), ("the output sigmoid", "no output activation",
+                                                                  "outact", "sigmoid", None)]
+    lines = []
+    for better, other, key, value, base in contrasts:
+        i = keys.index(key)
+        pairs = [(at[k], at[k[:i] + (base,) + k[i + 1:]]) for k in at if k[i] == value]
+        ours = [(a, b) for a, b in pairs if a[1] and b[1]]
+        if not ours:
+            lines.append(f"- {better[0].upper()}{better[1:]} against {other}: no pair of ours yet (the study: lower "
+                         f"in {sum(a[0] < b[0] for a, b in pairs)} of {len(pairs)}).")
+            continue
+        wins = sum(statistics.mean(a[1]) < statistics.mean(b[1]) for a, b in ours)
+        theirs = sum(a[0] < b[0] for a, b in ours)
+        lines.append(f"- {better[0].upper()}{better[1:]} against {other}: a lower validation loss in {wins} of the "
+                     f"{len(ours)} pairs we trained (the study, on the same pairs: {theirs} of {len(ours)}; on all "
+                     f"{len(pairs)}: {sum(a[0] < b[0] for a, b in pairs)}).")
+    trained = [(statistics.mean(losses), k, study) for k, (study, losses) in at.items() if losses]
+    if trained:
+        mean, k, study = min(trained)
+        best = min(at.items(), key=lambda item: item[1][0])
+        lines.append(f"- Our best setting so far: ks {k[0]}, encoder KAE {k[1]}, decoder KAE {k[2]}, output "
+                     f"{_setting(k[3])}, at {mean:.6f} (the study's figure for it: {study:.6f}); the study's best at "
+                     f"bs 64 and AdamW: ks {best[0][0]}, encoder KAE {best[0][1]}, decoder KAE {best[0][2]}, output "
+                     f"{_setting(best[0][3])}, at {best[1][0]:.6f}.")
+    return "\n".join(lines) + "\n"
+
+
 GENERATORS = {f.__name__.replace("_", "-"): f for f in
               (levels_mnist, levels_fashion, levels_short, plain_models, runtime_mb, runtime_table, web_table, bd_table,
-               bd_summary)}
+               bd_summary, study_grid1, study_grid2, study_questions, study_verdict)}
 
 
 def render(text: str) -> str:

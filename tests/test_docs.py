@@ -29,10 +29,12 @@ def test_tables_match_their_json():
 def test_generated_blocks_exist():
     # The pages keep their tables: a block deleted by hand would pass the check above silently.
     text = {p: (ROOT / p).read_text() for p in ("README.md", "docs/codec.md", "docs/deployment.md",
-                                                "docs/results.md", "docs/training.md")}
+                                                "docs/results.md", "docs/training.md", "docs/study.md")}
     for page, name in [("README.md", "levels-short"), ("README.md", "runtime-mb"), ("docs/codec.md", "levels-mnist"),
                        ("docs/codec.md", "levels-fashion"), ("docs/deployment.md", "runtime-table"),
-                       ("docs/results.md", "levels-short"), ("docs/training.md", "plain-models")]:
+                       ("docs/results.md", "levels-short"), ("docs/training.md", "plain-models"),
+                       ("docs/study.md", "study-grid1"), ("docs/study.md", "study-grid2"),
+                       ("docs/study.md", "study-questions"), ("docs/study.md", "study-verdict")]:
         assert f"<!-- gen:{name} -->" in text[page], (page, name)
 
 

@@ -165,3 +165,29 @@ def test_the_cli_checks_pack_first(tmp_path):
     assert bad.returncode == 2 and "--pack: expected auto, off or a number" in bad.stderr
     assert not (tmp_path / "runs").exists()
     assert "auto|N|off" in kaec("train", "--help").stdout
+
+
+def test_codec_runs_at_several_lambdas_pack_with_the_losses_of_runs_alone(tmp_path, data):
+    from test_codec_models import codec_config
+
+    # a codec family: one recipe at three lambdas, trials (seeds) and optimizers apart
+    cfgs = [dataclasses.replace(c, matrix_slug=f"c{i}") for i, c in enumerate([
+        codec_config(1e-4, max_inputs=640, log_every=96),
+        codec_config(1e-3, max_inputs=640, log_every=96, optimizer="Adam", seed=1),
+        codec_config(1e-2, max_inputs=640, log_every=128, seed=2)])]
+    cpu = torch.device("cpu")
+    assert pack_key(cfgs[0], cpu) == pack_key(cfgs[2], cpu) != pack_key(tiny(), cpu)
+    alone = [train_run(c, tmp_path / f"alone{i}", **data) for i, c in enumerate(cfgs)]
+    packed = train_pack(cfgs, [tmp_path / f"pack{i}" for i in range(3)], **data)
+    for i, (a, p) in enumerate(zip(alone, packed)):
+        assert a["status"] == p["status"] == "finished" and set(a) == set(p)
+        # every logged loss (rate + lambda * distortion: a member given another's lambda would be far off)
+        assert max_rel(tmp_path / f"alone{i}", tmp_path / f"pack{i}") < REL
+        for key in ("final_val_loss", "bytes_per_image", "psnr"):  # the codec figures measured at the end
+            assert p[key] == pytest.approx(a[key], rel=REL), key
+        ca, cp = (load_checkpoint(tmp_path / d / runs.CHECKPOINT)["model"] for d in (f"alone{i}", f"pack{i}"))
+        assert ca.keys() == cp.keys()
+        # the same integer tables, up to a count of 1 in 65,536 where float rounding tips a quantised mass
+        assert torch.equal(ca["prior.table_offsets"], cp["prior.table_offsets"])
+        step = (ca["prior.table_freqs"] - cp["prior.table_freqs"]).abs()
+        assert step.max() <= 1 and (step > 0).float().mean() < 0.01

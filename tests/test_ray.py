@@ -245,3 +245,25 @@ def test_a_cluster_of_its_own_leaves_no_token_in_home(tmp_path, mnist_root, monk
         assert not (home / ".ray").exists() and not (Path(root) / "ray" / "ray_current_cluster").exists()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_pack_is_one_ray_task(tmp_path, mnist_root, cluster):
+    from test_workers import PACKS, same_packed_losses
+
+    address, _, env = cluster
+    cfg = write_config(tmp_path / "grid.yml", GRID.replace("  log_every: 320\n", "  log_every: 320\n  resources: {cpu: 1}\n"))
+    runs = tmp_path / "runs" / "wgrid"
+    r = kaec("train", "-c", cfg, "--runs-dir", tmp_path / "runs", "--data-root", mnist_root, "--ray", address,
+             "--pack", "2", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    ref = kaec("train", "-c", cfg, "--runs-dir", tmp_path / "local", "--data-root", mnist_root, "--json",
+               "--threads", "1")
+    assert ref.returncode == 0, ref.stderr
+    same_packed_losses({s["matrix_slug"]: s for s in json.loads(r.stdout)},
+                       {s["matrix_slug"]: s for s in json.loads(ref.stdout)})
+    for pack in PACKS:
+        tries = [attempts(runs / slug) for slug in pack]
+        assert all(len(t) == 1 and t[0]["packed_with"] == 2 for t in tries), tries
+        assert tries[0][0]["pid"] == tries[1][0]["pid"]  # one task
+        for slug in pack:
+            check_metrics_complete(runs / slug, max_inputs=INPUTS)

@@ -120,16 +120,17 @@ def test_a_driver_started_with_sigint_ignored_still_reports_the_interruption(tmp
                                   "--workers", "2"), runs, sigint=signal.SIG_IGN)
 
 
-def test_a_killed_worker_s_run_resumes_in_another(tmp_path, mnist_root, reference):
+def kill_a_worker(tmp_path, mnist_root, victims: list[str], *args) -> tuple[int, dict]:
+    """Train the grid with two workers (and `args`), kill with -9 the worker training `victims` once each
+    has a checkpoint, and let the sweep finish: the dead worker's pid and the summaries by slug."""
     cfg = write_config(tmp_path / "grid.yml", GRID)
     runs = tmp_path / "runs" / "wgrid"
     driver = start_kaec("train", "-c", cfg, "--runs-dir", tmp_path / "runs", "--data-root", mnist_root,
-                        "--workers", "2", "--json")
+                        "--workers", "2", *args, "--json")
     try:
-        victim = runs / SLUGS[0]
-        wait_for(lambda: (victim / "checkpoint.pt").is_file() and (victim / ".lease.json").is_file(),
-                 what="a checkpoint")
-        worker = json.loads((victim / ".lease.json").read_text())["pid"]
+        wait_for(lambda: all((runs / s / "checkpoint.pt").is_file() and (runs / s / ".lease.json").is_file()
+                             for s in victims), what="the victims' checkpoints")
+        worker = json.loads((runs / victims[0] / ".lease.json").read_text())["pid"]
         assert worker != driver.pid
         os.kill(worker, signal.SIGKILL)
         out, err = driver.communicate(timeout=300)
@@ -137,7 +138,14 @@ def test_a_killed_worker_s_run_resumes_in_another(tmp_path, mnist_root, referenc
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
     assert driver.returncode == 0, err
-    same_losses({s["matrix_slug"]: s for s in json.loads(out)}, reference)
+    return worker, {s["matrix_slug"]: s for s in json.loads(out)}
+
+
+def test_a_killed_worker_s_run_resumes_in_another(tmp_path, mnist_root, reference):
+    runs = tmp_path / "runs" / "wgrid"
+    victim = runs / SLUGS[0]
+    worker, summaries = kill_a_worker(tmp_path, mnist_root, [SLUGS[0]])
+    same_losses(summaries, reference)
     first, second = attempts(victim)
     assert first["pid"] == worker and second["pid"] != worker and second["resumed_from"] > 0
     assert all(len(attempts(runs / s)) == 1 for s in SLUGS[1:])
@@ -253,3 +261,45 @@ def test_workers_of_a_killed_driver_checkpoint_and_exit_then_a_rerun_resumes(tmp
         first, second = attempts(runs / s)
         assert first["pid"] in workers and second["resumed_from"] > 0
         check_metrics_complete(runs / s, max_inputs=long_inputs)
+
+
+PACKS = [(SLUGS[0], SLUGS[2]), (SLUGS[1], SLUGS[3])]  # the two trials of each setting share their shapes
+PACKED_REL = 1e-5  # packed sums run in another order: about 2e-7 relative over this budget
+
+
+def same_packed_losses(summaries: dict, reference: dict):
+    assert sorted(summaries) == SLUGS
+    for slug, s in summaries.items():
+        assert s["status"] == "finished" and s["inputs"] == INPUTS
+        assert s["final_val_loss"] == pytest.approx(reference[slug]["final_val_loss"], rel=PACKED_REL)
+
+
+def test_workers_train_packs_with_the_losses_of_runs_alone(tmp_path, mnist_root, reference):
+    cfg = write_config(tmp_path / "grid.yml", GRID)
+    r = kaec("train", "-c", cfg, "--runs-dir", tmp_path / "runs", "--data-root", mnist_root, "--workers", "2",
+             "--pack", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    same_packed_losses({s["matrix_slug"]: s for s in json.loads(r.stdout)}, reference)
+    runs = tmp_path / "runs" / "wgrid"
+    pids = []
+    for pack in PACKS:  # each pack trained once, as one task of one worker
+        tries = [attempts(runs / slug) for slug in pack]
+        assert all(len(t) == 1 and t[0]["packed_with"] == 2 for t in tries), tries
+        assert tries[0][0]["pid"] == tries[1][0]["pid"]
+        pids.append(tries[0][0]["pid"])
+        for slug in pack:
+            check_metrics_complete(runs / slug, max_inputs=INPUTS)
+    assert pids[0] != pids[1]  # by two worker processes
+
+
+def test_a_killed_worker_s_pack_resumes_whole_in_another(tmp_path, mnist_root, reference):
+    runs = tmp_path / "runs" / "wgrid"
+    victims = PACKS[0]
+    worker, summaries = kill_a_worker(tmp_path, mnist_root, list(victims), "--pack", "2")
+    same_packed_losses(summaries, reference)
+    for slug in victims:  # both members resumed together, in another worker
+        first, second = attempts(runs / slug)
+        assert first["pid"] == worker and second["pid"] != worker
+        assert second["packed_with"] == 2 and second["resumed_from"] > 0
+        check_metrics_complete(runs / slug, max_inputs=INPUTS)
+    assert all(len(attempts(runs / s)) == 1 for s in PACKS[1])

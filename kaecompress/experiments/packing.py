@@ -1,15 +1,16 @@
 """Packed training: several runs that share their shapes trained together as one batched model.
 
-Runs pack when they have the same model config, batch size, validation batch size, budget, dataset and
-device, and no codec section (a codec model's prior is not stacked yet). They may differ in everything that
-only changes numbers: trial/seed, optimizer, learning rate and its schedule, weight decay, log interval.
+Runs pack when they have the same model config, batch size, validation batch size, budget, dataset,
+device and prior (codec runs). They may differ in everything that only changes numbers: trial/seed,
+optimizer, learning rate and its schedule, weight decay, log interval, a codec run's lambda.
 
 How: each member is built and resumed exactly as `train.train_run` does it (same seed, same checkpoint
 loader). Then every parameter is stacked into one (members, ...) leaf tensor and each member's own
 parameters become views of its slice, so that its module, its optimizer (one per member, the one its
 config names, stepped on its slice of the stacked gradient) and its state dict keep working unchanged.
 One forward pass runs all members at once: grouped convolutions (groups = members) and batched matrix
-products for the dense layers, each member on its own batch drawn in its own data order. Validation,
+products for the dense layers, each member on its own batch drawn in its own data order; a codec run's
+rate comes from its stacked prior (entropy.interval_mass) over its own noise draws. Validation,
 metrics, checkpoints and summaries go through train.py's helpers per member, so a packed run's folder is
 the folder it would have had alone.
 """
@@ -60,11 +61,11 @@ _NUMBERS_ONLY = ("optimizer", "lr", "weight_decay", "seed", "log_every", "checkp
 
 def pack_key(cfg: RunConfig, device, data_root=None) -> tuple | None:
     """Runs with equal keys can train in one pack; None: this run never packs."""
-    if cfg.codec is not None or not packable_model(cfg):
+    if not packable_model(cfg):
         return None
     train = {k: v for k, v in vars(cfg.train).items() if k not in _NUMBERS_ONLY}
     return (repr(cfg.model), repr(sorted(train.items())), cfg.data.dataset, str(data_root or cfg.data.root),
-            str(device))
+            str(device), cfg.codec and cfg.codec.prior)
 
 
 def packable_model(cfg: RunConfig) -> bool:
@@ -77,7 +78,10 @@ def packable_model(cfg: RunConfig) -> bool:
             model = build_model(cfg)
     except KaecError:
         return False
-    return all(_kind(m) is not None for m in [*model.encoder, *model.decoder]) and model.prior is None
+    from kaecompress.nn.entropy import FactorizedPrior
+
+    return (all(_kind(m) is not None for m in [*model.encoder, *model.decoder])
+            and (model.prior is None or type(model.prior) is FactorizedPrior))
 
 
 def _kind(module) -> str | None:
@@ -96,9 +100,10 @@ def _kind(module) -> str | None:
 
 
 class PackedModel:
-    """The members' parameters stacked, and a forward pass over all of them at once."""
+    """The members' parameters stacked, and a forward pass over all of them at once. `lambdas`: the
+    members' rate-distortion weights, for codec models."""
 
-    def __init__(self, models: list) -> None:
+    def __init__(self, models: list, lambdas: list[float] | None = None) -> None:
         import torch
 
         self.models = models
@@ -111,18 +116,35 @@ class PackedModel:
                 p.data = stacked.detach()[i]  # the member's parameter is now its slice: one storage for all
             self.stacked[name] = stacked
         template = models[0]
-        self.layers = [(f"{part}.{i}", m, _kind(m)) for part in ("encoder", "decoder")
-                       for i, m in enumerate(getattr(template, part))]
+        self.encoder, self.decoder = ([(f"{part}.{i}", m, _kind(m)) for i, m in enumerate(getattr(template, part))]
+                                      for part in ("encoder", "decoder"))
+        self.lambdas = None if lambdas is None else torch.tensor(lambdas)
+        self.prior = template.prior is not None
+
+    def encode(self, x):
+        """x: (members, batch, C, H, W) -> latents (members, batch, latent_dim)."""
+        b = x.shape[1]
+        h = x.transpose(0, 1).reshape(b, x.shape[0] * x.shape[2], *x.shape[3:])  # members side by side as channels
+        return self._through(self.encoder, h, b)
+
+    def decode(self, z, shape):
+        """z: (members, batch, latent_dim) -> reconstructions (members, batch, *shape)."""
+        b = z.shape[1]
+        return self._through(self.decoder, z, b).reshape(b, z.shape[0], *shape).transpose(0, 1)
 
     def forward(self, x):
         """x: (members, batch, C, H, W) -> reconstructions of the same shape, member i by member i's weights."""
+        return self.decode(self.encode(x), x.shape[2:])
+
+    def _through(self, layers, h, b):
+        """h through `layers`: as (batch, members * channels, H, W) between convolutions, as
+        (members, batch, features) between dense layers."""
         import torch
         import torch.nn.functional as F
 
-        m, b = x.shape[:2]
+        m = len(self.models)
         p = self.stacked
-        h = x.transpose(0, 1).reshape(b, m * x.shape[2], *x.shape[3:])  # members side by side as channels
-        for name, mod, kind in self.layers:
+        for name, mod, kind in layers:
             w, bias = p.get(f"{name}.weight"), p.get(f"{name}.bias")
             if kind == "conv":
                 h = F.conv2d(h, w.reshape(-1, *w.shape[2:]), None if bias is None else bias.reshape(-1),
@@ -141,13 +163,30 @@ class PackedModel:
                 h = _kae(h, p[f"{name}.coeffs"], bias)
             else:
                 h = mod(h)
-        return h.reshape(b, m, *x.shape[2:]).transpose(0, 1)
+        return h
 
-    def losses(self, x):
-        """Each member's mean squared error on its own batch: (members,)."""
+    def losses(self, x, step_seeds: list[int]):
+        """Each member's training loss on its own batch, (members,): as train.step_loss gives it alone, the
+        mean squared error, or for codec models bits per pixel + lambda * 255^2 * MSE with each member's
+        noise drawn from its own generator seeded with its `step_seeds` entry."""
+        import torch
         import torch.nn.functional as F
 
-        return F.mse_loss(self.forward(x), x, reduction="none").reshape(x.shape[0], -1).mean(dim=1)
+        from kaecompress.nn.entropy import interval_mass, round_ste
+
+        def mse(x_hat):
+            return F.mse_loss(x_hat, x, reduction="none").reshape(x.shape[0], -1).mean(dim=1)
+
+        if not self.prior:
+            return mse(self.forward(x))
+        z = self.encode(x)
+        x_hat = self.decode(round_ste(z), x.shape[2:])
+        noise = torch.stack([torch.rand(z.shape[1:], generator=torch.Generator(device=z.device).manual_seed(seed),
+                                        device=z.device, dtype=z.dtype) for seed in step_seeds]) - 0.5
+        mass = interval_mass(*([self.stacked[n] for n in self.names if n.startswith(f"prior.{part}.")]
+                               for part in ("matrices", "biases", "factors")), z + noise)
+        bpp = -torch.log2(mass).sum(dim=(1, 2)) / (x.shape[1] * x.shape[-1] * x.shape[-2])
+        return bpp + self.lambdas.to(x.device) * 255.0 ** 2 * mse(x_hat)
 
     def zero_grad(self) -> None:
         for t in self.stacked.values():
@@ -264,8 +303,7 @@ def _train_pack(cfgs, run_dirs, train_images, val_images, device, progresses, me
         members.append(_Member(cfg, run_dir, status, model, optimizer, state, progresses[i] or _Silent()))
         members[-1].index = i
     if len(keys) > 1 or None in keys:
-        raise KaecError("these runs cannot train in one pack (different shapes, budgets, data or devices, or a "
-                        "codec model)")
+        raise KaecError("these runs cannot train in one pack (different shapes, budgets, data, devices or priors)")
     # Members must stand at the same point of their budget: the most common one packs, the others train alone.
     starts = [m.state.inputs for m in members]
     common = max(set(starts), key=starts.count) if starts else 0
@@ -284,7 +322,8 @@ def _train_pack(cfgs, run_dirs, train_images, val_images, device, progresses, me
             from kaecompress.experiments.train import prepare_run_dir
 
             prepare_run_dir(m.run_dir, m.cfg, m.status, m.state.inputs)
-        packed = PackedModel([m.model for m in members])
+        codec = members[0].cfg.codec is not None
+        packed = PackedModel([m.model for m in members], [m.cfg.codec.lmbda for m in members] if codec else None)
         stack = contextlib.ExitStack()
         with stack:
             for m in members:
@@ -308,19 +347,18 @@ def _open_metrics(run_dir: Path):
         f.close()
 
 
-def _finish(member: _Member, status: str, dev) -> None:
-    from kaecompress.experiments.train import run_summary
+def _finish(member: _Member, status: str, dev, val_images) -> None:
+    from kaecompress.experiments.train import finish_run
 
-    member.summary = run_summary(member.cfg, status, member.state, member.model, dev)
-    if status == "finished":
-        member.checkpoint()
-    runs.atomic_write_json(member.run_dir / runs.SUMMARY, member.summary)
+    member.summary = finish_run(member.run_dir, member.cfg, status, member.state, member.model, dev, val_images,
+                                save_checkpoint=member.checkpoint)
 
 
 def _pack_loop(members: list[_Member], packed: PackedModel, train_images, val_images, dev) -> None:
     import torch
 
-    from kaecompress.experiments.train import _interrupt_at_batch_end, _write, epoch_order, evaluate, learning_rate
+    from kaecompress.experiments.train import (_interrupt_at_batch_end, _write, epoch_order, evaluate, learning_rate,
+                                               step_seed)
 
     tc = members[0].cfg.train  # batch size, budget and validation batch size are the pack's
     n, count = len(train_images), len(members)
@@ -341,7 +379,7 @@ def _pack_loop(members: list[_Member], packed: PackedModel, train_images, val_im
         _write(m.metrics, row)
         active.remove(i)
         packed.clear(i)
-        _finish(m, "diverged", dev)
+        _finish(m, "diverged", dev, val_images)
 
     for model in packed.models:
         model.train()
@@ -360,7 +398,7 @@ def _pack_loop(members: list[_Member], packed: PackedModel, train_images, val_im
                         if m.optimizer.param_groups[0]["lr"] != lr:
                             for group in m.optimizer.param_groups:
                                 group["lr"] = lr
-                    losses = packed.losses(x)
+                    losses = packed.losses(x, [step_seed(m.cfg, inputs) for m in members])
                     packed.zero_grad()
                     (losses.sum() if len(active) == count else losses[active].sum()).backward()
                     for i in active:
@@ -433,7 +471,7 @@ def _pack_loop(members: list[_Member], packed: PackedModel, train_images, val_im
                 m.checkpoint()
         raise
     for m in live():
-        _finish(m, "finished", dev)
+        _finish(m, "finished", dev, val_images)
 
 
 def plan_packs(jobs: list, pack: str | int, device: str | None, data_root=None) -> list[list]:

@@ -1,7 +1,8 @@
 """A sweep's runs as Ray Core tasks (`kaec train --ray [ADDRESS]`; the optional extra `kaecompress[ray]`).
 
-Every pending run becomes one task asking for the run's `train.resources` (CPUs, a share of a GPU); Ray
-places, retries and cancels them. A task trains through `sweep.run_one`, like a local worker: under the
+Every pending run, or pack of runs trained together (`--pack`), becomes one task asking for the run's
+`train.resources` (CPUs, a share of a GPU; a pack asks for its members' largest); Ray places, retries and
+cancels them. A task trains through `sweep.run_task`, like a local worker: under the
 run's lock, after checking on its own node that the run was not trained with other settings and that its
 data is there, resuming from the run's checkpoint. The runs folder must therefore be one path that every
 node sees (a shared filesystem).
@@ -41,10 +42,14 @@ def import_ray():
     return ray
 
 
-def train_task(cfg, directory: str, data_root: str | None, device: str | None, wait_s: float) -> Outcome:
-    """The body of one Ray task (a plain function, so that it is testable without Ray)."""
-    from kaecompress.experiments.sweep import run_one
+def train_task(members: list[tuple[int, object, str]], data_root: str | None, device: str | None,
+               wait_s: float) -> dict[int, Outcome]:
+    """The body of one Ray task (a plain function, so that it is testable without Ray): `members` are
+    (index, config, run folder) of one run or of a pack; returns each one's Outcome by index."""
+    from kaecompress.experiments.sweep import run_task
 
+    jobs = [Job(index, cfg, Path(directory)) for index, cfg, directory in members]
+    cfg = jobs[0].cfg
     user = os.environ.get("KAEC_USER_THREADS")  # --threads on the driver
     if user:
         os.environ["KAEC_THREADS"] = user
@@ -52,7 +57,7 @@ def train_task(cfg, directory: str, data_root: str | None, device: str | None, w
         os.environ["KAEC_THREADS"] = str(max(1, int(cfg.train.resources.cpu)))
     else:
         os.environ.pop("KAEC_THREADS", None)
-    return run_one(cfg, Path(directory), wait_s=wait_s, data_root=data_root, device=device)
+    return run_task(jobs, wait_s=wait_s, data_root=data_root, device=device)
 
 
 DISCOVERY_WAIT_S = 3.0  # a cluster found on this machine that does not answer in this long has stopped
@@ -138,15 +143,15 @@ class RayCluster:
                             f"for a new cluster on this machine, or give --ray HOST:PORT")
         return found or None
 
-    def __call__(self, jobs: list[Job], *, total: int, data_root=None, device=None) -> dict[int, Outcome]:
+    def __call__(self, tasks: list[list[Job]], *, total: int, data_root=None, device=None) -> dict[int, Outcome]:
         import contextlib
         import sys
 
         # stdout carries results (`--json`); Ray's own notices (a retried task, ...) go to stderr
         with contextlib.redirect_stdout(sys.stderr):
-            return self._run(jobs, total, data_root, device)
+            return self._run(tasks, total, data_root, device)
 
-    def _run(self, jobs: list[Job], total: int, data_root, device) -> dict[int, Outcome]:
+    def _run(self, tasks: list[list[Job]], total: int, data_root, device) -> dict[int, Outcome]:
         from kaecompress.experiments.runlock import expiry_s
 
         joining = self._target()
@@ -172,12 +177,14 @@ class RayCluster:
         root = None if data_root is None else str(Path(data_root).resolve())
         refs = {}
         try:
-            for job in jobs:
-                res = job.cfg.train.resources
-                refs[remote.options(num_cpus=res.cpu, num_gpus=res.gpu, max_retries=self.max_retries,
-                                    retry_exceptions=False, name=f"kaec {job.cfg.matrix_slug}")
-                     .remote(job.cfg, str(job.directory.resolve()), root, device, wait_s)] = job
-            self.on_event("begin", -1, total, total - len(jobs))
+            for task in tasks:
+                cpus = max(job.cfg.train.resources.cpu for job in task)
+                gpus = max(job.cfg.train.resources.gpu for job in task)
+                name = "kaec " + " + ".join(job.cfg.matrix_slug for job in task)
+                members = [(job.index, job.cfg, str(job.directory.resolve())) for job in task]
+                refs[remote.options(num_cpus=cpus, num_gpus=gpus, max_retries=self.max_retries,
+                                    retry_exceptions=False, name=name).remote(members, root, device, wait_s)] = task
+            self.on_event("begin", -1, total, total - sum(len(task) for task in tasks))
             return self._collect(ray, refs)
         except KeyboardInterrupt:
             self._cancel(ray, refs)
@@ -192,22 +199,24 @@ class RayCluster:
         while left:
             done, left = ray.wait(left, num_returns=len(left), timeout=self.poll_s)
             for ref in done:
-                job = refs[ref]
+                task = refs[ref]
                 try:
-                    outcome = tuple(ray.get(ref))
+                    outcomes = {index: tuple(o) for index, o in ray.get(ref).items()}
                 except ray.exceptions.RayTaskError as e:
                     cause = getattr(e, "cause", None)
                     if isinstance(cause, KaecError) or isinstance(e, KaecError):
                         raise KaecError(str(cause or e).splitlines()[0]) from None
-                    outcome = ("trained", failed_summary(job.cfg, job.directory, cause or e))
+                    outcomes = {job.index: ("trained", failed_summary(job.cfg, job.directory, cause or e))
+                                for job in task}
                 except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
                         ray.exceptions.RayError) as e:  # its worker died more often than Ray retries
-                    outcome = ("trained", failed_summary(job.cfg, job.directory, e))
-                results[job.index] = outcome
-                self.on_event("end", job.index, outcome)
+                    outcomes = {job.index: ("trained", failed_summary(job.cfg, job.directory, e)) for job in task}
+                for job in task:
+                    results[job.index] = outcomes[job.index]
+                    self.on_event("end", job.index, outcomes[job.index])
             for ref in left:  # progress, read from the run folders that tasks are writing
-                job = refs[ref]
-                self._progress(job, seen)
+                for job in refs[ref]:
+                    self._progress(job, seen)
         return results
 
     def _progress(self, job: Job, seen: dict[int, int]) -> None:

@@ -67,11 +67,24 @@ Outcome = tuple[str, "dict | None"]
 
 
 class Executor(Protocol):
-    """Trains several jobs at once (local worker processes, a Ray cluster): returns each job's Outcome by
-    index; on Ctrl-C it stops them (each keeps a resumable checkpoint) and raises KeyboardInterrupt."""
+    """Trains several tasks at once (local worker processes, a Ray cluster). A task is a list of jobs that
+    one worker trains together: one run alone, or a pack (`run_pack`). Returns each job's Outcome by index;
+    on Ctrl-C it stops them (each keeps a resumable checkpoint) and raises KeyboardInterrupt."""
 
-    def __call__(self, jobs: list[Job], *, total: int, data_root: str | Path | None,
+    def __call__(self, tasks: list[list[Job]], *, total: int, data_root: str | Path | None,
                  device: str | None) -> dict[int, Outcome]: ...
+
+
+def run_task(task: list[Job], *, wait_s: float = 0.0, data_root: str | Path | None = None,
+             device: str | None = None, images: tuple | None = None,
+             progress: Callable[[Job], object] | None = None) -> dict[int, Outcome]:
+    """An executor's unit of work: one job through `run_one`, several through `run_pack`. `progress(job)`
+    gives a job its train.Progress."""
+    if len(task) > 1:
+        return run_pack(task, wait_s=wait_s, data_root=data_root, device=device, images=images, progress=progress)
+    (job,) = task
+    return {job.index: run_one(job.cfg, job.directory, wait_s=wait_s, data_root=data_root, device=device,
+                               progress=progress(job) if progress else None, images=images)}
 
 
 def check_runs(selected: list[RunConfig], device: str | None = None) -> None:
@@ -195,8 +208,8 @@ def run_sweep(selected: list[RunConfig], runs_root: str | Path, *, reset: bool =
     reject the sweep (links in the runs folder, configs, devices, the executor (`preflight()`, when it
     has one), data, runs trained with other settings, runs that `reset` would delete under another
     process) is checked before any run folder is touched. `pack` (auto, off or the most runs per pack)
-    trains runs that share their shapes together (kaecompress.experiments.packing); only without an
-    executor: with workers or Ray every run trains alone."""
+    trains runs that share their shapes together (kaecompress.experiments.packing); an executor gets each
+    pack as one task."""
     dirs = [run_dir(runs_root, cfg) for cfg in selected]
     for d in dirs:  # before anything in a run folder is read: a link there is never followed
         runs.check_run_dir(runs_root, d)
@@ -226,15 +239,16 @@ def run_sweep(selected: list[RunConfig], runs_root: str | Path, *, reset: bool =
     report = SweepReport()
     pending = [Job(i, cfg, d) for i, (cfg, d, s) in enumerate(zip(selected, dirs, statuses))
                if s not in runs.DONE_STATES]
-    outcomes: dict[int, Outcome] = {}
-    if executor is not None and pending:
-        outcomes = executor(pending, total=len(selected), data_root=data_root, device=device)
     packs = {}  # the first member's index -> its pack
-    if executor is None and pack != "off":
+    if pack != "off":
         from kaecompress.experiments.packing import plan_packs
 
         packs = {p[0].index: p for p in plan_packs(pending, pack, device, data_root)}
     packed = {job.index for p in packs.values() for job in p}
+    outcomes: dict[int, Outcome] = {}
+    if executor is not None and pending:
+        tasks = [packs.get(job.index, [job]) for job in pending if job.index in packs or job.index not in packed]
+        outcomes = executor(tasks, total=len(selected), data_root=data_root, device=device)
     for i, (cfg, directory, status) in enumerate(zip(selected, dirs, statuses)):
         if status in runs.DONE_STATES:
             if on_run and executor is None:
@@ -244,8 +258,10 @@ def run_sweep(selected: list[RunConfig], runs_root: str | Path, *, reset: bool =
             outcome = outcomes[i]
         elif i in packed:
             if i in packs:  # the pack trains at its first member; the others find their outcomes here
-                outcomes.update(_run_pack(packs[i], data_root=data_root, device=device,
-                                          images=load_run_data(cfg, data_root, images), on_run=on_run))
+                outcomes.update(run_pack(packs[i], data_root=data_root, device=device,
+                                         images=load_run_data(cfg, data_root, images),
+                                         progress=lambda job: on_run(job.index, job.cfg, "pending") if on_run
+                                         else None))
             outcome = outcomes[i]
             if outcome[0] == "busy" and on_run:
                 on_run(i, cfg, "busy")
@@ -353,11 +369,13 @@ def plan(selected: list[RunConfig], runs_root: str | Path, device: str | None = 
     return states
 
 
-def _run_pack(jobs: list, *, data_root=None, device: str | None = None, images: tuple,
-             on_run=None) -> dict[int, tuple]:
-    """sweep.run_one for a pack: each member under its own lock (a member another process holds is left to
-    it, "busy"), checked again under it, an attempt logged per member, then trained together. A crash other
-    than KaecError or Ctrl-C marks the pack's unfinished members failed. Returns each job's Outcome."""
+def run_pack(jobs: list[Job], *, wait_s: float = 0.0, data_root=None, device: str | None = None,
+             images: tuple | None = None, progress: Callable[[Job], object] | None = None) -> dict[int, Outcome]:
+    """run_one for a pack: each member under its own lock (a member another process holds is left to it,
+    "busy", after waiting up to `wait_s`), checked again under it, an attempt logged per member, its data
+    loaded here (unless given), then trained together. A crash other than KaecError or Ctrl-C marks the
+    pack's unfinished members failed. `progress(job)` gives a member its train.Progress. Returns each
+    job's Outcome."""
     import os
     import socket
     import time
@@ -366,14 +384,14 @@ def _run_pack(jobs: list, *, data_root=None, device: str | None = None, images: 
     from kaecompress.experiments.runlock import RunBusy, RunLock, attempt_log, node_id
     from kaecompress.experiments.train import load_checkpoint
 
-    outcomes: dict[int, tuple] = {}
+    outcomes: dict[int, Outcome] = {}
     held, train = [], []
     try:
         for job in jobs:
             runs.check_run_dir(runs_root_of(job.directory, job.cfg), job.directory)
             lock = RunLock(job.directory)
             try:
-                lock.acquire(wait_s=0.0)
+                lock.acquire(wait_s=wait_s)
             except RunBusy as e:
                 outcomes[job.index] = ("busy", e.holder)
                 continue
@@ -387,6 +405,8 @@ def _run_pack(jobs: list, *, data_root=None, device: str | None = None, images: 
             train.append(job)
         if not train:
             return outcomes
+        if images is None:
+            images = load_run_data(train[0].cfg, data_root)
         progresses = [None] * len(train)
         for k in [*range(1, len(train)), 0]:  # the first member's bar last: it is the one shown
             job = train[k]
@@ -395,8 +415,8 @@ def _run_pack(jobs: list, *, data_root=None, device: str | None = None, images: 
                                         "started_at": time.time(), "packed_with": len(train),
                                         "resumed_from": load_checkpoint(ckpt).get("inputs", 0) if ckpt.is_file()
                                         else 0})
-            if on_run:
-                progresses[k] = on_run(job.index, job.cfg, "pending")
+            if progress:
+                progresses[k] = progress(job)
         try:
             summaries = train_pack([j.cfg for j in train], [j.directory for j in train], train_images=images[0],
                                    val_images=images[1], device=device, progresses=progresses)

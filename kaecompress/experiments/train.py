@@ -13,6 +13,7 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -71,6 +72,11 @@ def step_loss(model: CNNKAE, x: torch.Tensor, cfg: RunConfig, step_seed: int) ->
     noise = torch.rand(z.shape, generator=gen, device=z.device, dtype=z.dtype) - 0.5
     bpp = model.prior.bits(z + noise).sum() / (x.shape[0] * x.shape[-1] * x.shape[-2])
     return bpp + cfg.codec.lmbda * 255.0 ** 2 * F.mse_loss(x_hat, x)
+
+
+def step_seed(cfg: RunConfig, inputs: int) -> int:
+    """The seed of a codec run's noise for the step after `inputs` inputs: resumed and packed runs draw it too."""
+    return cfg.seed * 1_000_003 + inputs
 
 
 def learning_rate(cfg: RunConfig, inputs: int) -> float:
@@ -259,11 +265,19 @@ def _train_run(cfg, run_dir, data_root, device, progress, train_images, val_imag
         raise
     finally:
         scalars.close()
+    return finish_run(run_dir, cfg, status, state, model, dev, val_images,
+                      save_checkpoint=lambda: _save_checkpoint(ckpt_path, model, optimizer, cfg, state))
+
+
+def finish_run(run_dir: Path, cfg: RunConfig, status: str, state: _State, model, dev: torch.device, val_images,
+               save_checkpoint: Callable[[], object]) -> dict:
+    """Write the run's summary. A finished run first gets its last checkpoint (`save_checkpoint()`), a codec
+    model's prior its integer tables before it and its bytes measured after it."""
     summary = run_summary(cfg, status, state, model, dev)
     if status == "finished":
         if cfg.codec is not None:
             model.prior.freeze()  # the integer tables every file of this model is coded with
-        _save_checkpoint(ckpt_path, model, optimizer, cfg, state)
+        save_checkpoint()
         if cfg.codec is not None:  # after the checkpoint: a failure here keeps the trained weights
             from kaecompress.experiments.codecstats import measure
 
@@ -359,7 +373,7 @@ def _loop(cfg, model, optimizer, train_images, val_images, dev, state, run_dir, 
                 if optimizer.param_groups[0]["lr"] != lr:
                     for group in optimizer.param_groups:
                         group["lr"] = lr
-                loss = step_loss(model, x, cfg, cfg.seed * 1_000_003 + state.inputs)
+                loss = step_loss(model, x, cfg, step_seed(cfg, state.inputs))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -3,8 +3,9 @@
 Each worker is a fresh Python (multiprocessing's spawn) that sets its own CPU threads (cores / N, at least
 1, unless `--threads` or `train.threads` says otherwise) and, with CUDA, its own GPU (`runs_per_gpu` workers
 share one), loads the data it needs once, and trains the runs it is handed one at a time through
-`sweep.run_one`, under each run's lock. The driver hands out the runs, relays progress to a display, hands
-the run of a worker that died to another (it resumes from its checkpoint), and on Ctrl-C tells every
+`sweep.run_task`, under each run's lock: a task is one run, or a pack of runs trained together. The driver
+hands out the tasks, relays progress to a display, hands the runs of a worker that died to another (they
+resume from their checkpoints), and on Ctrl-C tells every
 worker to stop at its next log interval, which leaves a checkpoint, before raising KeyboardInterrupt.
 A worker whose driver is gone (killed with -9, say) stops the same way on its own and exits, so that no
 orphan keeps a run's lock or its memory.
@@ -21,9 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kaecompress.errors import KaecError
-from kaecompress.experiments.sweep import Job, Outcome, failed_summary, run_one
+from kaecompress.experiments.sweep import Job, Outcome, failed_summary, run_task
 
-RETRIES = 2  # a run whose worker died is handed out again this many times
+RETRIES = 2  # a task whose worker died is handed out again this many times
 STOP_WAIT_S = 300.0  # after Ctrl-C: how long workers get to save their checkpoints
 
 
@@ -132,7 +133,8 @@ def _serve(slot, tasks, events, stop, threads, gpu, data_root, device, orphaned:
         task = _next_task(tasks, orphaned)
         if task is None or orphaned.is_set() or stop.is_set():
             return
-        index, cfg, directory = task
+        jobs = [Job(index, cfg, Path(directory)) for index, cfg, directory in task]
+        cfg = jobs[0].cfg  # a pack's members share their shapes and device
         # threads: --threads (KAEC_THREADS) or train.threads win; else this worker's share of the cores
         if not user_threads:
             if getattr(cfg.train, "threads", None) is None and threads:
@@ -143,19 +145,18 @@ def _serve(slot, tasks, events, stop, threads, gpu, data_root, device, orphaned:
         if gpu is not None and resolve_device(device or cfg.train.device).type == "cuda":
             dev = f"cuda:{gpu}"
         try:
-            kind, payload = run_one(cfg, Path(directory), data_root=data_root, device=dev,
-                                    progress=_Relay(events, stop, index, orphaned),
-                                    images=_data(cfg, data_root, cache))
+            outcomes = run_task(jobs, data_root=data_root, device=dev, images=_data(cfg, data_root, cache),
+                                progress=lambda job: _Relay(events, stop, job.index, orphaned))
         except KeyboardInterrupt:
-            events.put(("interrupted", index, slot))
+            events.put(("interrupted", jobs[0].index, slot))
             return
         except KaecError as e:
-            events.put(("error", index, slot, str(e)))
+            events.put(("error", jobs[0].index, slot, str(e)))
             return
-        except BaseException as e:  # the run's own failure is recorded by run_one; this is anything else
-            events.put(("end", index, slot, ("trained", failed_summary(cfg, Path(directory), e))))
-            continue
-        events.put(("end", index, slot, (kind, payload)))
+        except BaseException as e:  # a run's own failure is recorded by run_task; this is anything else
+            outcomes = {job.index: ("trained", failed_summary(job.cfg, job.directory, e)) for job in jobs}
+        for job in jobs:
+            events.put(("end", job.index, slot, outcomes[job.index]))
 
 
 def _data(cfg, data_root, cache):
@@ -167,7 +168,8 @@ def _data(cfg, data_root, cache):
 # ---- the driver -------------------------------------------------------------------------------------
 
 class LocalWorkers:
-    """A sweep.Executor: `workers` processes on this machine. `on_event(kind, index, *data)` sees
+    """A sweep.Executor: `workers` processes on this machine, each training one task (a run or a pack) at
+    a time. `on_event(kind, index, *data)` sees
     ("begin", -1, total, already_done), ("take", i, worker), ("start", i, total_inputs, done_inputs),
     ("update", i, inputs, loss, samples_per_s), ("validated", i, inputs, val_loss),
     ("end", i, outcome) and ("retry", i, worker)."""
@@ -183,19 +185,20 @@ class LocalWorkers:
         on this machine need nothing that could be missing (`--workers` itself is checked by
         parse_workers; devices, data and runs by the sweep)."""
 
-    def __call__(self, jobs: list[Job], *, total: int, data_root=None, device=None) -> dict[int, Outcome]:
+    def __call__(self, tasks: list[list[Job]], *, total: int, data_root=None, device=None) -> dict[int, Outcome]:
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
-        n = min(self.workers, len(jobs))
+        jobs = [job for task in tasks for job in task]
+        n = min(self.workers, len(tasks))
         threads = self.threads or max(1, cores() // n)
         gpus = gpu_count() if (device or "auto") != "cpu" else 0
         events, stop = ctx.Queue(), ctx.Event()
         procs: dict[int, object] = {}
         inbox: dict[int, object] = {}
-        running: dict[int, Job] = {}
-        pending = deque(jobs)
-        tries: dict[int, int] = {}
+        running: dict[int, list[Job]] = {}  # worker slot -> its task
+        pending = deque(tasks)
+        tries: dict[int, int] = {}  # by the task's first job
         results: dict[int, Outcome] = {}
         cut: set[int] = set()  # runs whose worker stopped on a Ctrl-C
         by_index = {j.index: j for j in jobs}
@@ -211,10 +214,11 @@ class LocalWorkers:
 
         def hand_out(slot: int) -> None:
             if pending and not stop.is_set():
-                job = pending.popleft()
-                running[slot] = job
-                inbox[slot].put((job.index, job.cfg, str(job.directory)))
-                self.on_event("take", job.index, slot)
+                task = pending.popleft()
+                running[slot] = task
+                inbox[slot].put([(job.index, job.cfg, str(job.directory)) for job in task])
+                for job in task:
+                    self.on_event("take", job.index, slot)
             else:
                 inbox[slot].put(None)
 
@@ -223,9 +227,10 @@ class LocalWorkers:
             if kind == "end":
                 _, _, slot, outcome = ev
                 results[index] = tuple(outcome)
-                running.pop(slot, None)
                 self.on_event("end", index, tuple(outcome))
-                hand_out(slot)
+                if all(job.index in results for job in running.get(slot, [])):  # its whole task
+                    running.pop(slot, None)
+                    hand_out(slot)
             elif kind == "interrupted":
                 running.pop(ev[2], None)
                 cut.add(index)
@@ -236,22 +241,26 @@ class LocalWorkers:
                 self.on_event(*ev)
 
         def reap() -> None:
-            """A worker gone without saying so (killed, out of memory): its run goes to another."""
+            """A worker gone without saying so (killed, out of memory): its task's unfinished runs go to
+            another."""
             for slot, p in list(procs.items()):
                 if p.is_alive():
                     continue
-                job = running.pop(slot, None)
+                task = [job for job in running.pop(slot, []) if job.index not in results]
                 del procs[slot]
-                if job is None:
+                if not task:
                     continue
-                tries[job.index] = tries.get(job.index, 0) + 1
-                if tries[job.index] > RETRIES:
-                    e = RuntimeError(f"its worker process died {tries[job.index]} times (exit code {p.exitcode})")
-                    results[job.index] = ("trained", failed_summary(job.cfg, job.directory, e))
-                    self.on_event("end", job.index, results[job.index])
+                first = task[0].index
+                tries[first] = tries.get(first, 0) + 1
+                if tries[first] > RETRIES:
+                    e = RuntimeError(f"its worker process died {tries[first]} times (exit code {p.exitcode})")
+                    for job in task:
+                        results[job.index] = ("trained", failed_summary(job.cfg, job.directory, e))
+                        self.on_event("end", job.index, results[job.index])
                 else:
-                    pending.appendleft(job)
-                    self.on_event("retry", job.index, slot)
+                    pending.appendleft(task)
+                    for job in task:
+                        self.on_event("retry", job.index, slot)
                 if pending and not stop.is_set():
                     spawn(slot)
                     hand_out(slot)

@@ -51,23 +51,9 @@ class FactorizedPrior(nn.Module):
         for name in TABLE_ARRAYS:
             self.register_buffer(f"table_{name}", torch.zeros(0, dtype=torch.int32))
 
-    def _logits_cdf(self, v: torch.Tensor) -> torch.Tensor:
-        """v: (dim, 1, n) -> the logit of each dimension's cumulative at v, (dim, 1, n)."""
-        for i, (m, b) in enumerate(zip(self.matrices, self.biases)):
-            v = torch.matmul(F.softplus(m), v) + b
-            if i < len(self.factors):
-                v = v + torch.tanh(self.factors[i]) * torch.tanh(v)
-        return v
-
     def likelihood(self, y: torch.Tensor) -> torch.Tensor:
         """Mass of the unit interval around each value of y (n, dim), under its dimension's density."""
-        v = y.t().unsqueeze(1)
-        lower = self._logits_cdf(v - 0.5)
-        upper = self._logits_cdf(v + 0.5)
-        # Take the difference on the side of the sigmoid where it is not a difference of two numbers near 1.
-        sign = -torch.sign(lower + upper).detach()
-        mass = torch.abs(torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower))
-        return mass.squeeze(1).t().clamp_min(LIKELIHOOD_FLOOR)
+        return interval_mass(list(self.matrices), list(self.biases), list(self.factors), y)
 
     def bits(self, y: torch.Tensor) -> torch.Tensor:
         """Information content in bits of each latent vector of y (n, dim): shape (n,)."""
@@ -163,6 +149,26 @@ class FactorizedPrior(nn.Module):
             if key.startswith(prefix + CONTEXT_PREFIX) and "." not in key[len(prefix):]:
                 self.register_buffer(key[len(prefix):], torch.empty_like(saved))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def interval_mass(matrices: list, biases: list, factors: list, y: torch.Tensor) -> torch.Tensor:
+    """FactorizedPrior.likelihood from its parameters, over any leading dimensions: y (..., n, dim) and
+    parameters (..., dim, rows, cols) give (..., n, dim). Packed training passes every member's stacked
+    parameters at once."""
+    def logits_cdf(v):  # (..., dim, 1, n): the logit of each dimension's cumulative at v
+        for i, (m, b) in enumerate(zip(matrices, biases)):
+            v = torch.matmul(F.softplus(m), v) + b
+            if i < len(factors):
+                v = v + torch.tanh(factors[i]) * torch.tanh(v)
+        return v
+
+    v = y.transpose(-1, -2).unsqueeze(-2)
+    lower = logits_cdf(v - 0.5)
+    upper = logits_cdf(v + 0.5)
+    # Take the difference on the side of the sigmoid where it is not a difference of two numbers near 1.
+    sign = -torch.sign(lower + upper).detach()
+    mass = torch.abs(torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower))
+    return mass.squeeze(-2).transpose(-1, -2).clamp_min(LIKELIHOOD_FLOOR)
 
 
 def round_ste(y: torch.Tensor) -> torch.Tensor:
