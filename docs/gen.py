@@ -246,8 +246,8 @@ DIFFERS = "**differs**"
 
 def _study_rows(grid: str) -> tuple[list[str], list[tuple[dict, list[float], list[dict]]], int]:
     """The experiment's matrix keys (trial left out); in matrix order, each study row with the final
-    validation losses and summaries of our finished runs of its settings under results/ (what `kaec results
-    --runs-dir results` reads); and how many runs the experiment has."""
+    validation losses of our finished runs of its settings under results/ (what `kaec results --runs-dir
+    results` reads) and the summaries of those and of the diverged ones; and how many runs the experiment has."""
     from kaecompress.experiments import runs
     from kaecompress.experiments.config import load_experiment
 
@@ -256,20 +256,26 @@ def _study_rows(grid: str) -> tuple[list[str], list[tuple[dict, list[float], lis
     ours: dict[tuple, list[dict]] = {tuple(cfg.matrix[k] for k in keys): [] for cfg in experiment.runs}
     for cfg in experiment.runs:
         folder = ROOT / "results" / cfg.run_folder
-        if runs.run_status(folder, cfg.recipe()) == "finished":
+        if runs.run_status(folder, cfg.recipe()) in ("finished", "diverged"):
             ours[tuple(cfg.matrix[k] for k in keys)].append(runs.read_json(folder / runs.SUMMARY))
     study_rows = json.loads((ROOT / "docs" / "results" / "study-cnn-kae.json").read_text())[grid]
     study = {tuple(row[k] for k in keys): row for row in study_rows}
-    rows = [(study[k], [s["final_val_loss"] for s in summaries], summaries) for k, summaries in ours.items()]
+    rows = [(study[k], [s["final_val_loss"] for s in summaries if s["status"] == "finished"], summaries)
+            for k, summaries in ours.items()]
     return keys, rows, len(experiment.runs)
 
 
+STUDY_TRIALS = 4
+
+
 def grid1_flag(losses: list[float], study: float, study_std: float) -> str:
-    """Flag a gap wider than 2 sqrt(std_ours^2 + std_study^2) (sample stds); one trial of ours has no spread."""
+    """Flag a gap wider than 2 sqrt(std_ours^2 + std_study^2) (sample stds, the spread of single trials); one
+    trial of ours has no spread. The gap in standard errors of the difference of the means follows."""
     if len(losses) < 2:
         return "1 trial" if losses else ""
-    gap = abs(statistics.mean(losses) - study)
-    return DIFFERS if gap > 2 * math.hypot(statistics.stdev(losses), study_std) else "agrees"
+    gap, std = abs(statistics.mean(losses) - study), statistics.stdev(losses)
+    errors = gap / math.sqrt(std ** 2 / len(losses) + study_std ** 2 / STUDY_TRIALS)
+    return f"{DIFFERS if gap > 2 * math.hypot(std, study_std) else 'within 2 std'}, {errors:.1f} SE"
 
 
 def grid2_flag(losses: list[float], study: float) -> str:
@@ -278,11 +284,22 @@ def grid2_flag(losses: list[float], study: float) -> str:
     return DIFFERS if abs(statistics.mean(losses) - study) > RELATIVE_FLAG * study else "agrees"
 
 
-def _ours(losses: list[float]) -> str:
+def _ours(losses: list[float], diverged: int = 0) -> str:
     if not losses:
-        return "not trained yet"
+        return f"{diverged} diverged" if diverged else "not trained yet"
     spread = f" +- {statistics.stdev(losses):.6f}" if len(losses) > 1 else ""
-    return f"{statistics.mean(losses):.6f}{spread} ({len(losses)})"
+    return f"{statistics.mean(losses):.6f}{spread} ({len(losses)}{f', {diverged} diverged' if diverged else ''})"
+
+
+def _throughput(summaries: list[dict]) -> str:
+    """Mean samples/s of finished runs, per device when they trained on several."""
+    by_device: dict[str, list[float]] = {}
+    for s in summaries:
+        if s["status"] == "finished":
+            by_device.setdefault(s["device"], []).append(s["throughput"])
+    if len(by_device) == 1:
+        return f"{statistics.mean(next(iter(by_device.values()))):,.0f}/s"
+    return "; ".join(f"{statistics.mean(v):,.0f}/s {device}" for device, v in by_device.items())
 
 
 def _setting(value) -> str:
@@ -298,22 +315,23 @@ def _study_table(grid: str, study_loss, flag) -> tuple[str, list[str]]:
     flags = []
     for study, losses, summaries in rows:
         flags.append(flag(losses, study))
-        gap = speed = ""
-        if summaries:
+        gap = ""
+        if losses:
             d = statistics.mean(losses) - study["loss"]
             gap = f"{d:+.6f} ({d / study['loss']:+.1%})"
-            speed = f"{statistics.mean(s['throughput'] for s in summaries):,.0f}/s"
-        cells = [*(_setting(study[k]) for k in shown), study_loss(study), _ours(losses), gap, flags[-1],
-                 f"{study['throughput']:,}/s", speed]
+        cells = [*(_setting(study[k]) for k in shown), study_loss(study), _ours(losses, len(summaries) - len(losses)),
+                 gap, flags[-1], f"{study['throughput']:,}/s", _throughput(summaries)]
         lines.append(f"| {' | '.join(cells)} |")
     machines = Counter((s["device"], s["threads"]) for _, _, summaries in rows for s in summaries)
     where = "; ".join(f"{n} on {device} with {threads} thread{'s' * (threads > 1)} per run"
                       + (f", {MACHINES[device]}" if device in MACHINES else "")
                       for (device, threads), n in machines.items())
     constant = ", ".join(f"{k} {_setting(rows[0][0][k])}" for k in keys if k not in shown)
-    done = sum(1 for _, losses, _ in rows if losses)
-    lines += ["", f"{done} of the {len(rows)} settings and {sum(len(losses) for _, losses, _ in rows)} of the "
-              f"{n_runs} runs are in" + (f": {where}" if where else "") + f". Every row has {constant}."]
+    done = sum(1 for _, _, summaries in rows if summaries)
+    diverged = sum(len(summaries) - len(losses) for _, losses, summaries in rows)
+    lines += ["", f"{done} of the {len(rows)} settings and {sum(len(summaries) for _, _, summaries in rows)} of "
+              f"the {n_runs} runs are in" + (f" ({diverged} of them diverged)" if diverged else "")
+              + (f": {where}" if where else "") + f". Every row has {constant}."]
     return "\n".join(lines), flags
 
 
@@ -321,7 +339,8 @@ def study_grid1() -> str:
     table, flags = _study_table("grid1", lambda s: f"{s['loss']:.6f} +- {s['loss_std']:.6f}",
                                 lambda losses, s: grid1_flag(losses, s["loss"], s["loss_std"]))
     judged = len(flags) - flags.count("") - flags.count("1 trial")
-    return (f"{table} " + (f"Flagged: {flags.count(DIFFERS)} of the {judged} settings with two or more trials "
+    flagged = sum(f.startswith(DIFFERS) for f in flags)
+    return (f"{table} " + (f"Flagged: {flagged} of the {judged} settings with two or more trials "
                            "of ours" if judged else "No setting has two trials of ours yet to judge")
             + f"; {flags.count('1 trial')} with one trial so far.\n")
 

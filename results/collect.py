@@ -2,9 +2,9 @@
 
     python results/collect.py RUNS_DIR [DEST]     (DEST: this folder unless given)
 
-For every run of experiments/cnn-kae-01.yml and experiments/cnn-kae-02.yml that is finished in RUNS_DIR
-(the --runs-dir it was trained in) with the settings the experiment file gives it now, its summary.json and
-config.yml are copied to results/EXPERIMENT/SLUG/, replacing an earlier copy. Checkpoints and metrics stay
+For every run of experiments/cnn-kae-01.yml and experiments/cnn-kae-02.yml that is finished (or diverged)
+in RUNS_DIR (the --runs-dir it was trained in) with the settings the experiment file gives it now, its
+summary.json and config.yml are copied to DEST/EXPERIMENT/SLUG/, replacing an earlier copy. Checkpoints and metrics stay
 behind; unfinished, failed or stale runs get nothing written; a symbolic link anywhere below RUNS_DIR is
 never followed (that run is skipped and named). Then, in a fresh clone:
 
@@ -28,7 +28,7 @@ MAX_FILE_BYTES = 1 << 20  # a summary or config is a page of text
 
 
 def finished_files(runs_dir: Path, cfg) -> dict[str, bytes] | None:
-    """The run's summary and config bytes when it is finished with cfg's recipe, else None."""
+    """The run's summary and config bytes when it is finished (or diverged) with cfg's recipe, else None."""
     source = runs_dir / cfg.run_folder
     files = {}
     for name in KEPT:
@@ -37,7 +37,7 @@ def finished_files(runs_dir: Path, cfg) -> dict[str, bytes] | None:
             return None
         files[name] = read_regular(source / name, MAX_FILE_BYTES, f"a run's {name}", follow=False)
     summary = parse_json(files[runs.SUMMARY], str(source / runs.SUMMARY), "a run summary")
-    if not isinstance(summary, dict) or summary.get("status") != "finished":
+    if not isinstance(summary, dict) or summary.get("status") not in ("finished", "diverged"):
         return None
     if runs.changed_settings(summary, cfg.recipe()):
         raise KaecError(f"{source}: trained with other settings than {cfg.source} gives it now; not copied")

@@ -72,13 +72,13 @@ def test_the_transcription_names_its_source_and_keeps_the_study_figures():
 def test_the_flag_rule():
     gen = _module(ROOT / "docs" / "gen.py", "docs_gen")
     # ours 0.0200 +- 0.0001 against 0.0150 +- 0.0003: far outside 2 sqrt(0.0001^2 + 0.0003^2)
-    assert gen.grid1_flag([0.0199, 0.0200, 0.0201], 0.0150, 0.0003) == gen.DIFFERS
-    assert gen.grid1_flag([0.01535, 0.01540, 0.01545], 0.015391, 0.000306) == "agrees"
+    assert gen.grid1_flag([0.0199, 0.0200, 0.0201], 0.0150, 0.0003) == f"{gen.DIFFERS}, 31.1 SE"
+    assert gen.grid1_flag([0.01535, 0.01540, 0.01545], 0.015391, 0.000306) == "within 2 std, 0.1 SE"
     assert gen.grid1_flag([0.0300], 0.0150, 0.0003) == "1 trial"  # far off, but one trial has no spread
     assert gen.grid1_flag([], 0.0150, 0.0003) == ""
     # on either side of the bound: mean 1.0, sample std 0.1414, so 2 sqrt(0.1414^2 + 0) = 0.2828
-    assert gen.grid1_flag([0.9, 1.1], 1.28, 0.0) == "agrees"
-    assert gen.grid1_flag([0.9, 1.1], 1.29, 0.0) == gen.DIFFERS
+    assert gen.grid1_flag([0.9, 1.1], 1.28, 0.0) == "within 2 std, 2.8 SE"  # gap / (0.1414 / sqrt 2)
+    assert gen.grid1_flag([0.9, 1.1], 1.29, 0.0).startswith(gen.DIFFERS)
     assert gen.grid2_flag([0.0111], 0.0100) == gen.DIFFERS and gen.grid2_flag([0.0109], 0.0100) == "agrees"
 
 
@@ -94,7 +94,8 @@ def test_the_committed_runs_are_finished_summaries_of_our_experiment_files():
             assert sorted(os.listdir(run)) == ["config.yml", "summary.json"], run
             assert not any((run / f).is_symlink() for f in os.listdir(run)), run
             cfg, summary = by_slug[run.name], json.loads((run / "summary.json").read_text())
-            assert summary["status"] == "finished" and summary["inputs"] == cfg.train.max_inputs, run
+            assert summary["status"] == "diverged" or summary["inputs"] == cfg.train.max_inputs, run
+            assert summary["status"] in ("finished", "diverged"), run
             assert summary["matrix_slug"] == run.name and summary["recipe"] == cfg.recipe(), run
             assert recipe_of(yaml.safe_load((run / "config.yml").read_text())) == cfg.recipe(), run
             assert summary["params"] == study[tuple(cfg.matrix[k] for k in _keys(experiment))]["params"], run
@@ -167,12 +168,12 @@ def test_the_verdict_counts_the_decoder_pairs_of_the_committed_runs():
         assert "no pair of ours yet" in line
 
 
-def test_collect_copies_finished_runs_only(tmp_path, capsys):
+def test_collect_copies_finished_and_diverged_runs_only(tmp_path, capsys):
     collect = _module(RESULTS / "collect.py", "results_collect")
     experiment = load_experiment(GRIDS["grid1"])
-    done, running, linked, stale = experiment.runs[:4]
+    done, running, linked, stale, diverged = experiment.runs[:5]
     runs_dir, dest = tmp_path / "runs", tmp_path / "results"
-    for cfg in (done, running, stale):
+    for cfg in (done, running, stale, diverged):
         folder = runs_dir / cfg.run_folder
         folder.mkdir(parents=True)
         (folder / "config.yml").write_text(yaml.safe_dump(cfg.to_dict()))
@@ -180,6 +181,8 @@ def test_collect_copies_finished_runs_only(tmp_path, capsys):
     summary = {"status": "finished", "matrix_slug": done.matrix_slug, "recipe": done.recipe(), "final_val_loss": 0.02}
     (runs_dir / done.run_folder / "summary.json").write_text(json.dumps(summary))
     (runs_dir / stale.run_folder / "summary.json").write_text(json.dumps({**summary, "recipe": running.recipe()}))
+    (runs_dir / diverged.run_folder / "summary.json").write_text(json.dumps(
+        {"status": "diverged", "matrix_slug": diverged.matrix_slug, "recipe": diverged.recipe()}))
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     (outside / "summary.json").write_text(json.dumps({**summary, "recipe": linked.recipe()}))
@@ -190,9 +193,10 @@ def test_collect_copies_finished_runs_only(tmp_path, capsys):
     (old / "summary.json").write_text("{}")  # an earlier copy: replaced
 
     counts = collect.collect(runs_dir, dest, [GRIDS["grid1"]])
-    assert counts == {"copied": 1, "unchanged": 0, "unfinished": 253, "skipped": 2}
+    assert counts == {"copied": 2, "unchanged": 0, "unfinished": 252, "skipped": 2}
     assert sorted(os.listdir(dest / done.run_folder)) == ["config.yml", "summary.json"]
     assert json.loads((dest / done.run_folder / "summary.json").read_text()) == summary
-    assert [p.name for p in (dest / experiment.name).iterdir()] == [done.matrix_slug]
+    assert sorted(p.name for p in (dest / experiment.name).iterdir()) == sorted([done.matrix_slug,
+                                                                                 diverged.matrix_slug])
     assert "symbolic link" in capsys.readouterr().err
-    assert collect.collect(runs_dir, dest, [GRIDS["grid1"]])["unchanged"] == 1
+    assert collect.collect(runs_dir, dest, [GRIDS["grid1"]])["unchanged"] == 2

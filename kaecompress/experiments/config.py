@@ -73,7 +73,8 @@ class CodecConfig:
 
 @dataclass(frozen=True)
 class Resources:
-    """What one run asks of a Ray cluster (`--ray`): CPUs and a share of a GPU (0.25: four runs per GPU)."""
+    """What one run asks of a Ray cluster (`--ray`): CPUs and a share of a GPU (0.25: four runs per GPU; a
+    pack of runs asks for raysweep.pack_resources)."""
     cpu: float = 1.0
     gpu: float = 0.0
 

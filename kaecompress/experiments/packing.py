@@ -118,8 +118,10 @@ class PackedModel:
         template = models[0]
         self.encoder, self.decoder = ([(f"{part}.{i}", m, _kind(m)) for i, m in enumerate(getattr(template, part))]
                                       for part in ("encoder", "decoder"))
-        self.lambdas = None if lambdas is None else torch.tensor(lambdas)
-        self.prior = template.prior is not None
+        self.has_prior = template.prior is not None
+        # lambda * 255^2 formed in double as train.step_loss forms it, then one float32 factor per member
+        self.distortion_weights = None if lambdas is None else torch.tensor(
+            [lmbda * 255.0 ** 2 for lmbda in lambdas], device=next(iter(self.stacked.values())).device)
 
     def encode(self, x):
         """x: (members, batch, C, H, W) -> latents (members, batch, latent_dim)."""
@@ -133,8 +135,12 @@ class PackedModel:
         return self._through(self.decoder, z, b).reshape(b, z.shape[0], *shape).transpose(0, 1)
 
     def forward(self, x):
-        """x: (members, batch, C, H, W) -> reconstructions of the same shape, member i by member i's weights."""
-        return self.decode(self.encode(x), x.shape[2:])
+        """x: (members, batch, C, H, W) -> reconstructions of the same shape, member i by member i's weights
+        (a codec model's latents rounded first, as CNNKAE.forward does)."""
+        from kaecompress.nn.entropy import round_ste
+
+        z = self.encode(x)
+        return self.decode(round_ste(z) if self.has_prior else z, x.shape[2:])
 
     def _through(self, layers, h, b):
         """h through `layers`: as (batch, members * channels, H, W) between convolutions, as
@@ -165,10 +171,10 @@ class PackedModel:
                 h = mod(h)
         return h
 
-    def losses(self, x, step_seeds: list[int]):
+    def losses(self, x, noise_seeds: list[int]):
         """Each member's training loss on its own batch, (members,): as train.step_loss gives it alone, the
         mean squared error, or for codec models bits per pixel + lambda * 255^2 * MSE with each member's
-        noise drawn from its own generator seeded with its `step_seeds` entry."""
+        noise drawn from its own generator seeded with its `noise_seeds` entry."""
         import torch
         import torch.nn.functional as F
 
@@ -177,16 +183,16 @@ class PackedModel:
         def mse(x_hat):
             return F.mse_loss(x_hat, x, reduction="none").reshape(x.shape[0], -1).mean(dim=1)
 
-        if not self.prior:
+        if not self.has_prior:
             return mse(self.forward(x))
         z = self.encode(x)
         x_hat = self.decode(round_ste(z), x.shape[2:])
         noise = torch.stack([torch.rand(z.shape[1:], generator=torch.Generator(device=z.device).manual_seed(seed),
-                                        device=z.device, dtype=z.dtype) for seed in step_seeds]) - 0.5
+                                        device=z.device, dtype=z.dtype) for seed in noise_seeds]) - 0.5
         mass = interval_mass(*([self.stacked[n] for n in self.names if n.startswith(f"prior.{part}.")]
                                for part in ("matrices", "biases", "factors")), z + noise)
         bpp = -torch.log2(mass).sum(dim=(1, 2)) / (x.shape[1] * x.shape[-1] * x.shape[-2])
-        return bpp + self.lambdas.to(x.device) * 255.0 ** 2 * mse(x_hat)
+        return bpp + self.distortion_weights * mse(x_hat)
 
     def zero_grad(self) -> None:
         for t in self.stacked.values():
@@ -358,7 +364,7 @@ def _pack_loop(members: list[_Member], packed: PackedModel, train_images, val_im
     import torch
 
     from kaecompress.experiments.train import (_interrupt_at_batch_end, _write, epoch_order, evaluate, learning_rate,
-                                               step_seed)
+                                               noise_seed)
 
     tc = members[0].cfg.train  # batch size, budget and validation batch size are the pack's
     n, count = len(train_images), len(members)
@@ -398,7 +404,7 @@ def _pack_loop(members: list[_Member], packed: PackedModel, train_images, val_im
                         if m.optimizer.param_groups[0]["lr"] != lr:
                             for group in m.optimizer.param_groups:
                                 group["lr"] = lr
-                    losses = packed.losses(x, [step_seed(m.cfg, inputs) for m in members])
+                    losses = packed.losses(x, [noise_seed(m.cfg, inputs) for m in members])
                     packed.zero_grad()
                     (losses.sum() if len(active) == count else losses[active].sum()).backward()
                     for i in active:

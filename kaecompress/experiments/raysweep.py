@@ -1,7 +1,7 @@
 """A sweep's runs as Ray Core tasks (`kaec train --ray [ADDRESS]`; the optional extra `kaecompress[ray]`).
 
 Every pending run, or pack of runs trained together (`--pack`), becomes one task asking for the run's
-`train.resources` (CPUs, a share of a GPU; a pack asks for its members' largest); Ray places, retries and
+`train.resources` (CPUs, a share of a GPU; a pack: `pack_resources`); Ray places, retries and
 cancels them. A task trains through `sweep.run_task`, like a local worker: under the
 run's lock, after checking on its own node that the run was not trained with other settings and that its
 data is there, resuming from the run's checkpoint. The runs folder must therefore be one path that every
@@ -29,7 +29,7 @@ from pathlib import Path
 from kaecompress.experiments import runs
 from kaecompress.errors import KaecError
 from kaecompress.fileio import read_text
-from kaecompress.experiments.sweep import Job, Outcome, failed_summary
+from kaecompress.experiments.sweep import Job, Outcome, failed_outcomes
 
 MAX_RETRIES = 3  # Ray's default for tasks whose worker or node died
 
@@ -42,22 +42,28 @@ def import_ray():
     return ray
 
 
-def train_task(members: list[tuple[int, object, str]], data_root: str | None, device: str | None,
-               wait_s: float) -> dict[int, Outcome]:
-    """The body of one Ray task (a plain function, so that it is testable without Ray): `members` are
-    (index, config, run folder) of one run or of a pack; returns each one's Outcome by index."""
+def train_task(jobs: list[Job], data_root: str | None, device: str | None, wait_s: float) -> dict[int, Outcome]:
+    """The body of one Ray task (a plain function, so that it is testable without Ray): one run, or a pack;
+    returns each job's Outcome by index."""
     from kaecompress.experiments.sweep import run_task
 
-    jobs = [Job(index, cfg, Path(directory)) for index, cfg, directory in members]
     cfg = jobs[0].cfg
     user = os.environ.get("KAEC_USER_THREADS")  # --threads on the driver
     if user:
         os.environ["KAEC_THREADS"] = user
     elif getattr(cfg.train, "threads", None) is None:  # the task's CPUs are its threads
-        os.environ["KAEC_THREADS"] = str(max(1, int(cfg.train.resources.cpu)))
+        os.environ["KAEC_THREADS"] = str(max(1, int(max(job.cfg.train.resources.cpu for job in jobs))))
     else:
         os.environ.pop("KAEC_THREADS", None)
     return run_task(jobs, wait_s=wait_s, data_root=data_root, device=device)
+
+
+def pack_resources(task: list[Job]) -> tuple[float, float]:
+    """What a task asks of the cluster: its members' largest CPU count (one process trains them, with that
+    many threads) and the sum of their GPU shares, at most one GPU (a pack of four runs at gpu 0.25 takes a
+    whole GPU, as the four would alone)."""
+    return (max(job.cfg.train.resources.cpu for job in task),
+            min(1.0, sum(job.cfg.train.resources.gpu for job in task)))
 
 
 DISCOVERY_WAIT_S = 3.0  # a cluster found on this machine that does not answer in this long has stopped
@@ -178,12 +184,11 @@ class RayCluster:
         refs = {}
         try:
             for task in tasks:
-                cpus = max(job.cfg.train.resources.cpu for job in task)
-                gpus = max(job.cfg.train.resources.gpu for job in task)
+                cpus, gpus = pack_resources(task)
                 name = "kaec " + " + ".join(job.cfg.matrix_slug for job in task)
-                members = [(job.index, job.cfg, str(job.directory.resolve())) for job in task]
+                jobs = [Job(job.index, job.cfg, job.directory.resolve()) for job in task]
                 refs[remote.options(num_cpus=cpus, num_gpus=gpus, max_retries=self.max_retries,
-                                    retry_exceptions=False, name=name).remote(members, root, device, wait_s)] = task
+                                    retry_exceptions=False, name=name).remote(jobs, root, device, wait_s)] = task
             self.on_event("begin", -1, total, total - sum(len(task) for task in tasks))
             return self._collect(ray, refs)
         except KeyboardInterrupt:
@@ -206,11 +211,10 @@ class RayCluster:
                     cause = getattr(e, "cause", None)
                     if isinstance(cause, KaecError) or isinstance(e, KaecError):
                         raise KaecError(str(cause or e).splitlines()[0]) from None
-                    outcomes = {job.index: ("trained", failed_summary(job.cfg, job.directory, cause or e))
-                                for job in task}
+                    outcomes = failed_outcomes(task, cause or e)
                 except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
                         ray.exceptions.RayError) as e:  # its worker died more often than Ray retries
-                    outcomes = {job.index: ("trained", failed_summary(job.cfg, job.directory, e)) for job in task}
+                    outcomes = failed_outcomes(task, e)
                 for job in task:
                     results[job.index] = outcomes[job.index]
                     self.on_event("end", job.index, outcomes[job.index])

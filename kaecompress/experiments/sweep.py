@@ -187,6 +187,11 @@ def run_one(cfg: RunConfig, directory: Path, *, wait_s: float = 0.0, data_root: 
         lock.release()
 
 
+def failed_outcomes(jobs: list[Job], e: BaseException) -> dict[int, Outcome]:
+    """Each job recorded as failed with `e`: its worker died, or something outside its training broke."""
+    return {job.index: ("trained", failed_summary(job.cfg, job.directory, e)) for job in jobs}
+
+
 def failed_summary(cfg: RunConfig, directory: Path, e: BaseException) -> dict:
     directory.mkdir(parents=True, exist_ok=True)
     summary = {"status": "failed", "experiment_name": cfg.experiment_name, "matrix_id": cfg.matrix_id,
@@ -407,17 +412,17 @@ def run_pack(jobs: list[Job], *, wait_s: float = 0.0, data_root=None, device: st
             return outcomes
         if images is None:
             images = load_run_data(train[0].cfg, data_root)
-        progresses = [None] * len(train)
-        for k in [*range(1, len(train)), 0]:  # the first member's bar last: it is the one shown
-            job = train[k]
-            ckpt = job.directory / runs.CHECKPOINT
-            attempt_log(job.directory, {"node": node_id(), "host": socket.gethostname(), "pid": os.getpid(),
-                                        "started_at": time.time(), "packed_with": len(train),
-                                        "resumed_from": load_checkpoint(ckpt).get("inputs", 0) if ckpt.is_file()
-                                        else 0})
-            if progress:
-                progresses[k] = progress(job)
-        try:
+        try:  # from here on every member is ours (its lock held): a crash marks only them failed
+            progresses = [None] * len(train)
+            for k in [*range(1, len(train)), 0]:  # the first member's bar last: it is the one shown
+                job = train[k]
+                ckpt = job.directory / runs.CHECKPOINT
+                attempt_log(job.directory, {"node": node_id(), "host": socket.gethostname(), "pid": os.getpid(),
+                                            "started_at": time.time(), "packed_with": len(train),
+                                            "resumed_from": load_checkpoint(ckpt).get("inputs", 0)
+                                            if ckpt.is_file() else 0})
+                if progress:
+                    progresses[k] = progress(job)
             summaries = train_pack([j.cfg for j in train], [j.directory for j in train], train_images=images[0],
                                    val_images=images[1], device=device, progresses=progresses)
         except (KeyboardInterrupt, KaecError):

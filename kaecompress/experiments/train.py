@@ -74,7 +74,7 @@ def step_loss(model: CNNKAE, x: torch.Tensor, cfg: RunConfig, step_seed: int) ->
     return bpp + cfg.codec.lmbda * 255.0 ** 2 * F.mse_loss(x_hat, x)
 
 
-def step_seed(cfg: RunConfig, inputs: int) -> int:
+def noise_seed(cfg: RunConfig, inputs: int) -> int:
     """The seed of a codec run's noise for the step after `inputs` inputs: resumed and packed runs draw it too."""
     return cfg.seed * 1_000_003 + inputs
 
@@ -373,7 +373,7 @@ def _loop(cfg, model, optimizer, train_images, val_images, dev, state, run_dir, 
                 if optimizer.param_groups[0]["lr"] != lr:
                     for group in optimizer.param_groups:
                         group["lr"] = lr
-                loss = step_loss(model, x, cfg, step_seed(cfg, state.inputs))
+                loss = step_loss(model, x, cfg, noise_seed(cfg, state.inputs))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

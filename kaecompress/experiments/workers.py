@@ -2,11 +2,11 @@
 
 Each worker is a fresh Python (multiprocessing's spawn) that sets its own CPU threads (cores / N, at least
 1, unless `--threads` or `train.threads` says otherwise) and, with CUDA, its own GPU (`runs_per_gpu` workers
-share one), loads the data it needs once, and trains the runs it is handed one at a time through
+share one), loads the data it needs once, and trains the tasks it is handed one at a time through
 `sweep.run_task`, under each run's lock: a task is one run, or a pack of runs trained together. The driver
-hands out the tasks, relays progress to a display, hands the runs of a worker that died to another (they
-resume from their checkpoints), and on Ctrl-C tells every
-worker to stop at its next log interval, which leaves a checkpoint, before raising KeyboardInterrupt.
+hands out the tasks, relays progress to a display, hands the unfinished runs of a worker that died to
+another (they resume from their checkpoints), and on Ctrl-C tells every worker to stop at its next log
+interval, which leaves a checkpoint, before raising KeyboardInterrupt.
 A worker whose driver is gone (killed with -9, say) stops the same way on its own and exits, so that no
 orphan keeps a run's lock or its memory.
 """
@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kaecompress.errors import KaecError
-from kaecompress.experiments.sweep import Job, Outcome, failed_summary, run_task
+from kaecompress.experiments.sweep import Job, Outcome, failed_outcomes, run_task
 
 RETRIES = 2  # a task whose worker died is handed out again this many times
 STOP_WAIT_S = 300.0  # after Ctrl-C: how long workers get to save their checkpoints
@@ -133,7 +133,7 @@ def _serve(slot, tasks, events, stop, threads, gpu, data_root, device, orphaned:
         task = _next_task(tasks, orphaned)
         if task is None or orphaned.is_set() or stop.is_set():
             return
-        jobs = [Job(index, cfg, Path(directory)) for index, cfg, directory in task]
+        jobs: list[Job] = task
         cfg = jobs[0].cfg  # a pack's members share their shapes and device
         # threads: --threads (KAEC_THREADS) or train.threads win; else this worker's share of the cores
         if not user_threads:
@@ -154,7 +154,7 @@ def _serve(slot, tasks, events, stop, threads, gpu, data_root, device, orphaned:
             events.put(("error", jobs[0].index, slot, str(e)))
             return
         except BaseException as e:  # a run's own failure is recorded by run_task; this is anything else
-            outcomes = {job.index: ("trained", failed_summary(job.cfg, job.directory, e)) for job in jobs}
+            outcomes = failed_outcomes(jobs, e)
         for job in jobs:
             events.put(("end", job.index, slot, outcomes[job.index]))
 
@@ -198,9 +198,9 @@ class LocalWorkers:
         inbox: dict[int, object] = {}
         running: dict[int, list[Job]] = {}  # worker slot -> its task
         pending = deque(tasks)
-        tries: dict[int, int] = {}  # by the task's first job
+        tries: dict[int, int] = {}  # by job: how often a worker died while it held that job
         results: dict[int, Outcome] = {}
-        cut: set[int] = set()  # runs whose worker stopped on a Ctrl-C
+        cut: set[int] = set()  # a run of each task whose worker stopped on a Ctrl-C
         by_index = {j.index: j for j in jobs}
         self.on_event("begin", -1, total, total - len(jobs))
 
@@ -216,7 +216,7 @@ class LocalWorkers:
             if pending and not stop.is_set():
                 task = pending.popleft()
                 running[slot] = task
-                inbox[slot].put([(job.index, job.cfg, str(job.directory)) for job in task])
+                inbox[slot].put(task)
                 for job in task:
                     self.on_event("take", job.index, slot)
             else:
@@ -250,12 +250,12 @@ class LocalWorkers:
                 del procs[slot]
                 if not task:
                     continue
-                first = task[0].index
-                tries[first] = tries.get(first, 0) + 1
-                if tries[first] > RETRIES:
-                    e = RuntimeError(f"its worker process died {tries[first]} times (exit code {p.exitcode})")
+                died = 1 + max(tries.get(job.index, 0) for job in task)
+                tries.update((job.index, died) for job in task)
+                if died > RETRIES:
+                    results.update(failed_outcomes(task, RuntimeError(
+                        f"its worker process died {died} times (exit code {p.exitcode})")))
                     for job in task:
-                        results[job.index] = ("trained", failed_summary(job.cfg, job.directory, e))
                         self.on_event("end", job.index, results[job.index])
                 else:
                     pending.appendleft(task)
