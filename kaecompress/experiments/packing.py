@@ -119,6 +119,9 @@ class PackedModel:
         self.encoder, self.decoder = ([(f"{part}.{i}", m, _kind(m)) for i, m in enumerate(getattr(template, part))]
                                       for part in ("encoder", "decoder"))
         self.has_prior = template.prior is not None
+        # the stacked prior's matrices, biases and factors, in the order FactorizedPrior lists them
+        self.prior_params = [[t for n, t in self.stacked.items() if n.startswith(f"prior.{part}.")]
+                             for part in ("matrices", "biases", "factors")]
         # lambda * 255^2 formed in double as train.step_loss forms it, then one float32 factor per member
         self.distortion_weights = None if lambdas is None else torch.tensor(
             [lmbda * 255.0 ** 2 for lmbda in lambdas], device=next(iter(self.stacked.values())).device)
@@ -189,8 +192,7 @@ class PackedModel:
         x_hat = self.decode(round_ste(z), x.shape[2:])
         noise = torch.stack([torch.rand(z.shape[1:], generator=torch.Generator(device=z.device).manual_seed(seed),
                                         device=z.device, dtype=z.dtype) for seed in noise_seeds]) - 0.5
-        mass = interval_mass(*([self.stacked[n] for n in self.names if n.startswith(f"prior.{part}.")]
-                               for part in ("matrices", "biases", "factors")), z + noise)
+        mass = interval_mass(*self.prior_params, z + noise)
         bpp = -torch.log2(mass).sum(dim=(1, 2)) / (x.shape[1] * x.shape[-1] * x.shape[-2])
         return bpp + self.distortion_weights * mse(x_hat)
 
