@@ -191,3 +191,30 @@ def test_codec_runs_at_several_lambdas_pack_with_the_losses_of_runs_alone(tmp_pa
         assert torch.equal(ca["prior.table_offsets"], cp["prior.table_offsets"])
         step = (ca["prior.table_freqs"] - cp["prior.table_freqs"]).abs()
         assert step.max() <= 1 and (step > 0).float().mean() < 0.01
+
+
+def test_a_member_whose_measurement_fails_is_failed_alone_with_its_weights_kept(tmp_path, data, monkeypatch):
+    """The bytes of a codec run are measured after its last checkpoint: one member's measurement failing
+    marks that member failed (its trained weights kept, so a rerun only measures) and ends no other."""
+    from kaecompress.experiments import codecstats
+    from test_codec_models import codec_config
+
+    cfgs = [dataclasses.replace(codec_config(lmbda, max_inputs=256, log_every=128), matrix_slug=f"c{i}")
+            for i, lmbda in enumerate((1e-4, 1e-3, 1e-2))]
+    measure, calls = codecstats.measure, []
+
+    def first_fails(model, images):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("measurement broke")
+        return measure(model, images)
+
+    monkeypatch.setattr(codecstats, "measure", first_fails)
+    packed = train_pack(cfgs, [tmp_path / f"pack{i}" for i in range(3)], **data)
+    assert len(calls) == 3
+    assert [s["status"] for s in packed] == ["failed", "finished", "finished"]
+    assert packed[0]["error"] == "RuntimeError: measurement broke" and "measurement broke" in packed[0]["traceback"]
+    assert runs.read_json(tmp_path / "pack0" / runs.SUMMARY) == packed[0]
+    for i in range(3):  # every member's last checkpoint is its whole budget
+        assert load_checkpoint(tmp_path / f"pack{i}" / runs.CHECKPOINT)["inputs"] == 256
+    assert "bytes_per_image" in packed[1] and "bytes_per_image" in packed[2]

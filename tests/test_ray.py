@@ -228,6 +228,21 @@ def test_a_stopped_cluster_found_by_discovery_is_one_line_exit_2(tmp_path, mnist
     assert not (tmp_path / "runs").exists() and not (tmp_path / "home").exists()
 
 
+@pytest.mark.parametrize("temp", [{"RAY_TMPDIR": "/r", "TMPDIR": "/t"}, {"TMPDIR": "/t"}, {}])
+def test_the_recorded_cluster_is_looked_for_where_ray_records_it(monkeypatch, temp):
+    """The sweep finds `ray start`'s record without importing Ray (raysweep.address_file): the same path as
+    Ray's own rule, whichever temp dir the environment names."""
+    from ray._common.utils import get_ray_address_file
+
+    from kaecompress.experiments.raysweep import address_file
+
+    for name in ("RAY_TMPDIR", "TMPDIR"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in temp.items():
+        monkeypatch.setenv(name, value)
+    assert address_file() == Path(get_ray_address_file(None))
+
+
 def test_a_cluster_of_its_own_leaves_no_token_in_home(tmp_path, mnist_root, monkeypatch):
     """With nothing to join, `--ray` starts a cluster on this machine; Ray would save that cluster's token as
     ~/.ray/auth_token, which later `ray start` heads would then require of every node."""

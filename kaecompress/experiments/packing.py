@@ -282,11 +282,9 @@ def train_pack(cfgs: list[RunConfig], run_dirs: list[str | Path], *, train_image
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
-            from kaecompress.experiments.train import _mark_failed
-
             for member in members:
                 if member.summary is None:
-                    _mark_failed(member.run_dir, member.cfg, f"disk full ({e.filename or member.run_dir})")
+                    runs.mark_failed(member.run_dir, member.cfg, f"disk full ({e.filename or member.run_dir})")
             raise KaecError(f"{e.filename}: disk full; the pack's unfinished runs marked failed, their last "
                             "checkpoints kept (free some space and run the same command again to resume)") from None
 
@@ -479,7 +477,14 @@ def _pack_loop(members: list[_Member], packed: PackedModel, train_images, val_im
                 m.checkpoint()
         raise
     for m in live():
-        _finish(m, "finished", dev, val_images)
+        try:
+            _finish(m, "finished", dev, val_images)
+        except (KeyboardInterrupt, KaecError):
+            raise
+        except Exception as e:  # a member's measurement failing (its checkpoint saved) ends no other member
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise  # train_pack's disk-full handling
+            m.summary = runs.mark_failed(m.run_dir, m.cfg, e)
 
 
 def plan_packs(jobs: list, pack: str | int, device: str | None, data_root=None) -> list[list]:

@@ -34,11 +34,22 @@ from kaecompress.experiments.sweep import Job, Outcome, failed_outcomes
 MAX_RETRIES = 3  # Ray's default for tasks whose worker or node died
 
 
+NOT_INSTALLED = "--ray: Ray is not installed; install the extra: pip install 'kaecompress[ray]'"
+
+
+def require_ray() -> None:
+    """Refuse a Python without Ray, without importing it (a second's work the checks before a sweep skip)."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise KaecError(NOT_INSTALLED)
+
+
 def import_ray():
     try:
         import ray
     except ImportError:
-        raise KaecError("--ray: Ray is not installed; install the extra: pip install 'kaecompress[ray]'") from None
+        raise KaecError(NOT_INSTALLED) from None
     return ray
 
 
@@ -46,15 +57,11 @@ def train_task(jobs: list[Job], data_root: str | None, device: str | None, wait_
     """The body of one Ray task (a plain function, so that it is testable without Ray): one run, or a pack;
     returns each job's Outcome by index."""
     from kaecompress.experiments.sweep import run_task
+    from kaecompress.experiments.resources import set_task_threads
 
-    cfg = jobs[0].cfg
-    user = os.environ.get("KAEC_USER_THREADS")  # --threads on the driver
-    if user:
-        os.environ["KAEC_THREADS"] = user
-    elif getattr(cfg.train, "threads", None) is None:  # the task's CPUs are its threads
-        os.environ["KAEC_THREADS"] = str(max(1, int(max(job.cfg.train.resources.cpu for job in jobs))))
-    else:
-        os.environ.pop("KAEC_THREADS", None)
+    # --threads on the driver, else the task's CPUs are its threads
+    set_task_threads([job.cfg for job in jobs], os.environ.get("KAEC_USER_THREADS"),
+                     max(1, int(pack_resources(jobs)[0])))
     return run_task(jobs, wait_s=wait_s, data_root=data_root, device=device)
 
 
@@ -93,14 +100,23 @@ def reachable(address: str, timeout_s: float = 5.0, given: str | None = None) ->
                         f"`ray start --head --port {port}`, or give the address `ray start` printed") from None
 
 
-def address_file() -> Path | None:
+def address_file() -> Path:
     """Where `ray start` records the cluster it started, for a later `ray.init()` without an address to
-    join (its temp dir: RAY_TMPDIR, TMPDIR, /tmp)."""
-    try:
-        from ray._common.utils import get_ray_address_file
-    except ImportError:  # another Ray layout: leave discovery to Ray
-        return None
-    return Path(get_ray_address_file(None))
+    join: Ray's temp dir (RAY_TMPDIR, else TMPDIR on Linux, else /tmp; another system's temp dir elsewhere)
+    / ray / ray_current_cluster. Ray's own rule, written out because importing Ray to ask it takes a second;
+    tests hold it to Ray's."""
+    import sys
+    import tempfile
+
+    if "RAY_TMPDIR" in os.environ:
+        temp = os.environ["RAY_TMPDIR"]
+    elif sys.platform.startswith("linux") and "TMPDIR" in os.environ:
+        temp = os.environ["TMPDIR"]
+    elif sys.platform.startswith(("linux", "darwin")):
+        temp = "/tmp"
+    else:
+        temp = tempfile.gettempdir()
+    return Path(temp) / "ray" / "ray_current_cluster"
 
 
 def _token_available() -> bool:
@@ -128,7 +144,7 @@ class RayCluster:
 
     def _target(self) -> str | None:
         """The checked address of the cluster to join, or None where ray.init starts one on this machine."""
-        import_ray()
+        require_ray()
         if self.address not in (None, "auto"):  # Ray lets RAY_ADDRESS stand in only for these two
             if self.address != "local":
                 reachable(self.address)
@@ -139,7 +155,7 @@ class RayCluster:
                 reachable(env, given=f"--ray: RAY_ADDRESS={env}")
             return None if env == "local" else env
         path = address_file()
-        if path is None or not path.exists():
+        if not path.exists():
             return None  # Ray starts a cluster on this machine
         found = read_text(path, 4096, "Ray's record of its current cluster").strip()
         why = _silence(found, DISCOVERY_WAIT_S) if found else None

@@ -160,6 +160,18 @@ def env_threads() -> int | None:
     return int(text) if text.isdigit() and int(text) > 0 else None
 
 
+def set_task_threads(cfgs, user: str | None, share: int | None) -> None:
+    """$KAEC_THREADS for a task in a worker process (a local worker, a Ray task): the user's `--threads`
+    first, then the runs' own train.threads (which training reads itself), else `share`, the worker's part
+    of the machine. Nothing is left over from the worker's previous task."""
+    if user:
+        os.environ["KAEC_THREADS"] = user
+    elif share and getattr(cfgs[0].train, "threads", None) is None:
+        os.environ["KAEC_THREADS"] = str(share)
+    else:
+        os.environ.pop("KAEC_THREADS", None)
+
+
 def default_threads() -> int:
     """CPU threads for training when neither `--threads` nor `train.threads` says: one. On the 2-core
     development machine shared with other jobs, one thread trained the quick-start model 5.9-6.4x faster

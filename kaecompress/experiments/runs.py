@@ -19,7 +19,6 @@ there would let a sweep delete or train into a folder outside it. RUNS_ROOT itse
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -128,6 +127,27 @@ def changed_settings(saved: dict, recipe: dict) -> list[str]:
 def stale_message(run_dir: Path, changes: list[str]) -> str:
     return (f"{run_dir}: trained with other settings ({', '.join(changes)}); use --reset to train it again, "
             "or put the settings back")
+
+
+def mark_failed(run_dir: Path, cfg, error: BaseException | str) -> dict:
+    """Record the run (a config.RunConfig) as failed: its summary, with the traceback of the exception being
+    handled. The checkpoint, not the summary, is what resumes; a disk that takes nothing more leaves the
+    summary unwritten, and the returned one still says why."""
+    import traceback
+    from datetime import datetime, timezone
+
+    summary = {"status": "failed", "experiment_name": cfg.experiment_name, "matrix_id": cfg.matrix_id,
+               "matrix_slug": cfg.matrix_slug, "matrix": cfg.matrix,
+               "error": error if isinstance(error, str) else f"{type(error).__name__}: {error}",
+               "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if not isinstance(error, str):
+        summary["traceback"] = traceback.format_exc()
+    try:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(Path(run_dir) / SUMMARY, summary)
+    except OSError:
+        pass
+    return summary
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import fnmatch
 import shutil
-import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol
 
@@ -141,47 +139,71 @@ def load_run_data(cfg: RunConfig, data_root: str | Path | None, cache: dict | No
     return cache[key]
 
 
-def run_one(cfg: RunConfig, directory: Path, *, wait_s: float = 0.0, data_root: str | Path | None = None,
-            device: str | None = None, progress=None, images: tuple | None = None,
-            on_locked: Callable[[], object] | None = None) -> Outcome:
-    """Train one run under its lock (kaecompress.experiments.runlock). A run another process holds is left to it
-    ("busy", after waiting up to `wait_s` for it to finish or for its lease to expire). Under the lock the
-    run is checked again: finished meanwhile ("skipped"), trained with other settings (KaecError), and its
-    data loaded here, on this node. A run that raises anything but KaecError or Ctrl-C is recorded as
-    failed. Each training attempt appends a line to RUN/attempts.jsonl."""
-    import os
-    import socket
-    import time
-
-    from kaecompress.experiments.runlock import RunBusy, RunLock, attempt_log, node_id
-    from kaecompress.experiments.train import load_checkpoint, train_run
+def claim(cfg: RunConfig, directory: Path, wait_s: float = 0.0):
+    """The run's lock, taken and the run checked again under it: (lock, None) for a run to train, else
+    (None, its Outcome): "busy" when another process holds it (after waiting up to `wait_s` for it to
+    finish or for its lease to expire), "skipped" when it finished meanwhile. A run trained with other
+    settings is a KaecError."""
+    from kaecompress.experiments.runlock import RunBusy, RunLock
 
     runs.check_run_dir(runs_root_of(directory, cfg), directory)  # again here: a task may run on another node
     lock = RunLock(directory)
     try:
         lock.acquire(wait_s=wait_s)
     except RunBusy as e:
-        return "busy", e.holder
+        return None, ("busy", e.holder)
     try:
         status, changes = run_state(directory, cfg)
         if changes:
             raise KaecError(runs.stale_message(directory, changes))
-        if status in runs.DONE_STATES:
-            return "skipped", runs.read_json(directory / runs.SUMMARY)
+    except BaseException:
+        lock.release()
+        raise
+    if status in runs.DONE_STATES:
+        lock.release()
+        return None, ("skipped", runs.read_json(directory / runs.SUMMARY))
+    return lock, None
+
+
+def log_attempt(directory: Path, **extra) -> None:
+    """A line in RUN/attempts.jsonl for the training attempt about to start, where it runs and from which
+    input it resumes."""
+    import os
+    import socket
+    import time
+
+    from kaecompress.experiments.runlock import attempt_log, node_id
+    from kaecompress.experiments.train import load_checkpoint
+
+    ckpt = directory / runs.CHECKPOINT
+    attempt_log(directory, {"node": node_id(), "host": socket.gethostname(), "pid": os.getpid(),
+                            "started_at": time.time(), **extra,
+                            "resumed_from": load_checkpoint(ckpt).get("inputs", 0) if ckpt.is_file() else 0})
+
+
+def run_one(cfg: RunConfig, directory: Path, *, wait_s: float = 0.0, data_root: str | Path | None = None,
+            device: str | None = None, progress=None, images: tuple | None = None,
+            on_locked: Callable[[], object] | None = None) -> Outcome:
+    """Train one run under its lock (`claim`; kaecompress.experiments.runlock), its data loaded here, on
+    this node. A run that raises anything but KaecError or Ctrl-C is recorded as failed. Each training
+    attempt appends a line to RUN/attempts.jsonl."""
+    from kaecompress.experiments.train import train_run
+
+    lock, outcome = claim(cfg, directory, wait_s)
+    if lock is None:
+        return outcome
+    try:
         train_images, val_images = images if images is not None else load_run_data(cfg, data_root)
         if on_locked:
             on_locked()
-        ckpt = directory / runs.CHECKPOINT
-        resumed_from = load_checkpoint(ckpt).get("inputs", 0) if ckpt.is_file() else 0
-        attempt_log(directory, {"node": node_id(), "host": socket.gethostname(), "pid": os.getpid(),
-                                "started_at": time.time(), "resumed_from": resumed_from})
+        log_attempt(directory)
         try:
             summary = train_run(cfg, directory, data_root=data_root, device=device, progress=progress,
                                 train_images=train_images, val_images=val_images)
         except (KeyboardInterrupt, KaecError):
             raise
         except Exception as e:  # a crash in one run must not end the sweep
-            summary = failed_summary(cfg, directory, e)
+            summary = runs.mark_failed(directory, cfg, e)
         return "trained", summary
     finally:
         lock.release()
@@ -189,17 +211,7 @@ def run_one(cfg: RunConfig, directory: Path, *, wait_s: float = 0.0, data_root: 
 
 def failed_outcomes(jobs: list[Job], e: BaseException) -> dict[int, Outcome]:
     """Each job recorded as failed with `e`: its worker died, or something outside its training broke."""
-    return {job.index: ("trained", failed_summary(job.cfg, job.directory, e)) for job in jobs}
-
-
-def failed_summary(cfg: RunConfig, directory: Path, e: BaseException) -> dict:
-    directory.mkdir(parents=True, exist_ok=True)
-    summary = {"status": "failed", "experiment_name": cfg.experiment_name, "matrix_id": cfg.matrix_id,
-               "matrix_slug": cfg.matrix_slug, "matrix": cfg.matrix,
-               "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(),
-               "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    runs.atomic_write_json(directory / runs.SUMMARY, summary)
-    return summary
+    return {job.index: ("trained", runs.mark_failed(job.directory, job.cfg, e)) for job in jobs}
 
 
 def run_sweep(selected: list[RunConfig], runs_root: str | Path, *, reset: bool = False,
@@ -376,38 +388,22 @@ def plan(selected: list[RunConfig], runs_root: str | Path, device: str | None = 
 
 def run_pack(jobs: list[Job], *, wait_s: float = 0.0, data_root=None, device: str | None = None,
              images: tuple | None = None, progress: Callable[[Job], object] | None = None) -> dict[int, Outcome]:
-    """run_one for a pack: each member under its own lock (a member another process holds is left to it,
-    "busy", after waiting up to `wait_s`), checked again under it, an attempt logged per member, its data
-    loaded here (unless given), then trained together. A crash other than KaecError or Ctrl-C marks the
-    pack's unfinished members failed. `progress(job)` gives a member its train.Progress. Returns each
-    job's Outcome."""
-    import os
-    import socket
-    import time
-
+    """run_one for a pack: each member claimed under its own lock (one another process holds is left to it),
+    an attempt logged per member, their data loaded here (unless given), then trained together. A crash
+    other than KaecError or Ctrl-C marks the pack's unfinished members failed. `progress(job)` gives a
+    member its train.Progress. Returns each job's Outcome."""
     from kaecompress.experiments.packing import train_pack
-    from kaecompress.experiments.runlock import RunBusy, RunLock, attempt_log, node_id
-    from kaecompress.experiments.train import load_checkpoint
 
     outcomes: dict[int, Outcome] = {}
     held, train = [], []
     try:
         for job in jobs:
-            runs.check_run_dir(runs_root_of(job.directory, job.cfg), job.directory)
-            lock = RunLock(job.directory)
-            try:
-                lock.acquire(wait_s=wait_s)
-            except RunBusy as e:
-                outcomes[job.index] = ("busy", e.holder)
-                continue
-            held.append(lock)
-            status, changes = run_state(job.directory, job.cfg)
-            if changes:
-                raise KaecError(runs.stale_message(job.directory, changes))
-            if status in runs.DONE_STATES:
-                outcomes[job.index] = ("skipped", runs.read_json(job.directory / runs.SUMMARY))
-                continue
-            train.append(job)
+            lock, outcome = claim(job.cfg, job.directory, wait_s)
+            if lock is None:
+                outcomes[job.index] = outcome
+            else:
+                held.append(lock)
+                train.append(job)
         if not train:
             return outcomes
         if images is None:
@@ -415,14 +411,9 @@ def run_pack(jobs: list[Job], *, wait_s: float = 0.0, data_root=None, device: st
         try:  # from here on every member is ours (its lock held): a crash marks only them failed
             progresses = [None] * len(train)
             for k in [*range(1, len(train)), 0]:  # the first member's bar last: it is the one shown
-                job = train[k]
-                ckpt = job.directory / runs.CHECKPOINT
-                attempt_log(job.directory, {"node": node_id(), "host": socket.gethostname(), "pid": os.getpid(),
-                                            "started_at": time.time(), "packed_with": len(train),
-                                            "resumed_from": load_checkpoint(ckpt).get("inputs", 0)
-                                            if ckpt.is_file() else 0})
+                log_attempt(train[k].directory, packed_with=len(train))
                 if progress:
-                    progresses[k] = progress(job)
+                    progresses[k] = progress(train[k])
             summaries = train_pack([j.cfg for j in train], [j.directory for j in train], train_images=images[0],
                                    val_images=images[1], device=device, progresses=progresses)
         except (KeyboardInterrupt, KaecError):
@@ -433,7 +424,7 @@ def run_pack(jobs: list[Job], *, wait_s: float = 0.0, data_root=None, device: st
                 summary = runs.read_json(job.directory / runs.SUMMARY) if (job.directory / runs.SUMMARY).is_file() \
                     else None
                 if not summary or summary.get("status") not in runs.DONE_STATES:
-                    summary = failed_summary(job.cfg, job.directory, e)
+                    summary = runs.mark_failed(job.directory, job.cfg, e)
                 summaries.append(summary)
         for job, summary in zip(train, summaries):
             outcomes[job.index] = ("trained", summary)

@@ -201,7 +201,7 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, data_root: str | Path | No
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
-            _mark_failed(Path(run_dir), cfg, f"disk full ({e.filename or run_dir})")
+            runs.mark_failed(run_dir, cfg, f"disk full ({e.filename or run_dir})")
             raise KaecError(f"{e.filename or run_dir}: disk full; run {cfg.run_folder} marked failed, its last "
                             "checkpoint kept (free some space and run the same command again to resume)") from None
 
@@ -217,17 +217,6 @@ def _threads(n: int | None):
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def _mark_failed(run_dir: Path, cfg: RunConfig, error: str) -> None:
-    """A failed summary, if the disk still takes one: the checkpoint, not the summary, is what resumes."""
-    summary = {"status": "failed", "experiment_name": cfg.experiment_name, "matrix_id": cfg.matrix_id,
-               "matrix_slug": cfg.matrix_slug, "matrix": cfg.matrix, "error": error,
-               "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    try:
-        runs.atomic_write_json(run_dir / runs.SUMMARY, summary)
-    except OSError:
-        pass
 
 
 def _train_run(cfg, run_dir, data_root, device, progress, train_images, val_images) -> dict:

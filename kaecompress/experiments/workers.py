@@ -19,7 +19,6 @@ import signal
 import threading
 from collections import deque
 from collections.abc import Callable
-from pathlib import Path
 
 from kaecompress.errors import KaecError
 from kaecompress.experiments.sweep import Job, Outcome, failed_outcomes, run_task
@@ -127,6 +126,7 @@ def _worker(slot: int, tasks, events, stop, threads: int | None, gpu: int | None
 def _serve(slot, tasks, events, stop, threads, gpu, data_root, device, orphaned: threading.Event) -> None:
     user_threads = os.environ.get("KAEC_THREADS")
     cache: dict = {}
+    from kaecompress.experiments.resources import set_task_threads
     from kaecompress.experiments.train import resolve_device
 
     while True:
@@ -135,12 +135,7 @@ def _serve(slot, tasks, events, stop, threads, gpu, data_root, device, orphaned:
             return
         jobs: list[Job] = task
         cfg = jobs[0].cfg  # a pack's members share their shapes and device
-        # threads: --threads (KAEC_THREADS) or train.threads win; else this worker's share of the cores
-        if not user_threads:
-            if getattr(cfg.train, "threads", None) is None and threads:
-                os.environ["KAEC_THREADS"] = str(threads)
-            else:  # nothing left over from the previous run
-                os.environ.pop("KAEC_THREADS", None)
+        set_task_threads([job.cfg for job in jobs], user_threads, threads)
         dev = device
         if gpu is not None and resolve_device(device or cfg.train.device).type == "cuda":
             dev = f"cuda:{gpu}"
