@@ -15,7 +15,7 @@
 #                                                 a visible SKIP), the CUDA tests, the codec families on CPU and CUDA
 #                                                 (benchmarks/codec_devices.py), a 4-run sweep with --workers 4
 #                                                 --runs-per-gpu 4 and 8 runs packed against one by one
-#                                                 (benchmarks/pack_speed.py)
+#                                                 (benchmarks/pack_speed.py, and with --tiny)
 #   KAEC_GPU_ONLY=bench,codec bash benchmarks/gpu_check.sh   there: the install and only the steps named
 #                                                 (quickstart, bench, tests, codec, sweep, pack; and grid, only
 #                                                 when named: the study's first grid packed 8 to a task on 4
@@ -261,13 +261,18 @@ if wants pack; then
 step "packed training against one by one on $DEVICE (benchmarks/pack_speed.py)"
 if [ "$DRY" = 1 ]; then  # the script end to end on a few inputs: checks it, measures nothing
   $PY benchmarks/pack_speed.py --device cpu --runs 2 --inputs 128 --val 100 --json-file "$WORK/pack.json" | tail -3 || exit 1
+  $PY benchmarks/pack_speed.py --device cpu --runs 2 --inputs 128 --val 100 --tiny --json-file "$WORK/tiny.json" | tail -1 || exit 1
 else
   $PY benchmarks/pack_speed.py --device cuda --runs 8 --inputs 25600 --json-file "$OUT/pack_speed.json" || exit 1
-  $PY -c "
-import json; r = json.load(open('$OUT/pack_speed.json'))
-for mode in ('one_by_one', 'packed'):
-    print('FIGURE pack_%s_total_samples_per_s %.0f' % (mode, r[mode]['total_samples_per_s']))
-print('FIGURE pack_speedup_total %s' % r['speedup_total'])"
+  $PY benchmarks/pack_speed.py --device cuda --runs 8 --inputs 6400 --tiny --json-file "$OUT/pack_speed_tiny.json" || exit 1
+  for name in pack_speed pack_speed_tiny; do
+    $PY -c "
+import json; r = json.load(open('$OUT/$name.json'))
+for mode in ('one_by_one', 'packed', 'packed_member_steps'):
+    print('FIGURE ${name}_%s_total_samples_per_s %.0f' % (mode, r[mode]['total_samples_per_s']))
+print('FIGURE ${name}_speedup_total %s' % r['speedup_total'])
+print('FIGURE ${name}_speedup_stacked_steps %s' % r['speedup_stacked_steps'])"
+  done
 fi
 fi
 

@@ -236,6 +236,19 @@ def web_table() -> str:
     return "\n".join(rows) + "\n"
 
 
+def pack_speed() -> str:
+    # benchmarks/pack_speed.py on the quick-start shape, and --tiny (the Python cost of a step)
+    lines = ["| model | runs | one by one | packed | packed, a step per optimizer | packed / one by one "
+             "| largest relative difference in final loss |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, label in (("pack_speed.json", "quick-start shape, batch 64"),
+                        ("pack_speed_tiny.json", "a few hundred parameters, batch 4")):
+        r = json.loads((ROOT / "docs" / "results" / name).read_text())
+        cells = [f"{r[mode]['total_samples_per_s']:,.0f}/s" for mode in ("one_by_one", "packed", "packed_member_steps")]
+        lines.append(f"| {label} | {r['runs']} | {' | '.join(cells)} | {r['speedup_total']:.2f}x "
+                     f"| {r['max_rel_val_loss_diff']:.1e} |")
+    return "\n".join(lines) + "\n"
+
+
 # ---- the study, row by row (docs/study.md) ----------------------------------------------------------
 
 STUDY_GRIDS = {"grid1": "experiments/cnn-kae-01.yml", "grid2": "experiments/cnn-kae-02.yml"}
@@ -373,16 +386,18 @@ def study_questions() -> str:
     return "\n".join(lines) + "\n"
 
 
-def study_verdict() -> str:
-    # The study's conclusions tested on our rows: each contrast counted over the pairs of settings (bs 64,
-    # AdamW) that differ only in it and that we have trained on both sides, the study's count beside ours.
-    _, rows, _ = _study_rows("grid1")
-    keys = ("ks", "enckae", "deckae", "outact")
-    at = {tuple(study[k] for k in keys): (study["loss"], losses) for study, losses, _ in rows
-          if study["bs"] == 64 and study["opt"] == "AdamW"}
-    contrasts = [("a KAE decoder", "a Linear one", "deckae", 3, 0), ("a KAE encoder", "a Linear one", "enckae", 3, 0),
-                 ("kernel size 7", "kernel size 3", "ks", 7, 3), ("the output sigmoid", "no output activation",
-                                                                  "outact", "sigmoid", None)]
+LABELS = {"ks": "ks", "enckae": "encoder KAE", "deckae": "decoder KAE", "act": "activation", "latact": "latent",
+          "outact": "output"}
+
+
+def _describe(keys, values) -> str:
+    return ", ".join(f"{LABELS[k]} {_setting(v)}" for k, v in zip(keys, values))
+
+
+def _verdict(at: dict, keys: tuple, contrasts: list, scope: str) -> str:
+    """Each contrast counted over the pairs of settings in `at` (settings -> (the study's loss, our losses))
+    that differ only in it and that we have trained on both sides, the study's count beside ours; then our
+    best setting and the study's."""
     lines = []
     for better, other, key, value, base in contrasts:
         i = keys.index(key)
@@ -401,16 +416,40 @@ def study_verdict() -> str:
     if trained:
         mean, k, study = min(trained)
         best = min(at.items(), key=lambda item: item[1][0])
-        lines.append(f"- Our best setting so far: ks {k[0]}, encoder KAE {k[1]}, decoder KAE {k[2]}, output "
-                     f"{_setting(k[3])}, at {mean:.6f} (the study's figure for it: {study:.6f}); the study's best at "
-                     f"bs 64 and AdamW: ks {best[0][0]}, encoder KAE {best[0][1]}, decoder KAE {best[0][2]}, output "
-                     f"{_setting(best[0][3])}, at {best[1][0]:.6f}.")
+        lines.append(f"- Our best setting so far: {_describe(keys, k)}, at {mean:.6f} (the study's figure for it: "
+                     f"{study:.6f}); the study's best{scope}: {_describe(keys, best[0])}, at {best[1][0]:.6f}.")
     return "\n".join(lines) + "\n"
+
+
+def study_verdict() -> str:
+    # The study's conclusions on its first grid, over the settings at bs 64 and AdamW.
+    _, rows, _ = _study_rows("grid1")
+    keys = ("ks", "enckae", "deckae", "outact")
+    at = {tuple(study[k] for k in keys): (study["loss"], losses) for study, losses, _ in rows
+          if study["bs"] == 64 and study["opt"] == "AdamW"}
+    return _verdict(at, keys, [("a KAE decoder", "a Linear one", "deckae", 3, 0),
+                               ("a KAE encoder", "a Linear one", "enckae", 3, 0),
+                               ("kernel size 7", "kernel size 3", "ks", 7, 3),
+                               ("the output sigmoid", "no output activation", "outact", "sigmoid", None)],
+                    " at bs 64 and AdamW")
+
+
+def study_verdict2() -> str:
+    # The same count on the second grid: one trial a setting on either side.
+    keys, rows, _ = _study_rows("grid2")
+    keys = tuple(k for k in keys if k not in ("ch", "ks"))
+    at = {tuple(study[k] for k in keys): (study["loss"], losses) for study, losses, _ in rows}
+    return _verdict(at, keys, [("a KAE decoder", "a Linear one", "deckae", 3, 0),
+                               ("a KAE encoder", "a Linear one", "enckae", 3, 0),
+                               ("ReLU inside the network", "no activation there", "act", "relu", "none"),
+                               ("a sigmoid inside the network", "no activation there", "act", "sigmoid", "none"),
+                               ("a sigmoid on the latent", "none", "latact", "sigmoid", "none"),
+                               ("the output sigmoid", "no output activation", "outact", "sigmoid", "none")], "")
 
 
 GENERATORS = {f.__name__.replace("_", "-"): f for f in
               (levels_mnist, levels_fashion, levels_short, plain_models, runtime_mb, runtime_table, web_table, bd_table,
-               bd_summary, study_grid1, study_grid2, study_questions, study_verdict)}
+               bd_summary, pack_speed, study_grid1, study_grid2, study_questions, study_verdict, study_verdict2)}
 
 
 def render(text: str) -> str:

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -24,10 +25,28 @@ def tiny(trial=1, **train):
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **train))
 
 
-def members(max_inputs=640):
-    """Three runs that differ in trial (seed and data order), optimizer and learning rate."""
+def members(max_inputs=640, kind="mixed"):
+    """Three runs that differ in trial (seed and data order), optimizer and learning rate ("mixed": each
+    optimizer steps on its own), in trial and log interval only ("trials": one group of StackedOptimizers),
+    or both ("groups")."""
+    if kind == "trials":
+        return [tiny(1, max_inputs=max_inputs), tiny(2, max_inputs=max_inputs),
+                tiny(3, max_inputs=max_inputs, log_every=96)]
+    if kind == "groups":  # the first and last step alike: side by side in the pack, stepped as one
+        return [tiny(1, max_inputs=max_inputs), tiny(2, optimizer="SGD", lr=0.5, max_inputs=max_inputs),
+                tiny(3, max_inputs=max_inputs, log_every=96)]
     return [tiny(1, max_inputs=max_inputs), tiny(2, optimizer="AdamW", lr=3e-3, max_inputs=max_inputs),
             tiny(3, optimizer="SGD", lr=0.5, max_inputs=max_inputs, log_every=96)]
+
+
+@pytest.fixture
+def stacked_steps(monkeypatch):
+    """The members each step of a pack stepped in groups (StackedOptimizers), one list per step."""
+    calls = []
+    step = packing.StackedOptimizers.step
+    monkeypatch.setattr(packing.StackedOptimizers, "step", lambda self, inputs: (
+        calls.append([(start, stop) for start, stop, _ in self.groups]), step(self, inputs))[1])
+    return calls
 
 
 @pytest.fixture
@@ -63,10 +82,12 @@ def test_the_grouped_forward_is_each_members_own_model():
     assert torch.equal(packed.stacked["decoder.0.coeffs"][1], models[1].decoder[0].coeffs)
 
 
-def test_a_packed_run_equals_the_run_trained_alone(tmp_path, data):
-    cfgs = members()
+@pytest.mark.parametrize("kind", ["mixed", "trials", "groups"])
+def test_a_packed_run_equals_the_run_trained_alone(tmp_path, data, kind, stacked_steps):
+    cfgs = members(kind=kind)
     alone = [train_run(c, tmp_path / f"alone{i}", **data) for i, c in enumerate(cfgs)]
     packed = train_pack(cfgs, [tmp_path / f"pack{i}" for i in range(3)], **data)
+    assert stacked_steps == [{"mixed": [], "trials": [(0, 3)], "groups": [(0, 2)]}[kind]] * (640 // 32)
     for i, (a, p) in enumerate(zip(alone, packed)):
         assert a["status"] == p["status"] == "finished" and p["inputs"] == 640
         assert set(a) == set(p)
@@ -88,8 +109,9 @@ def test_a_packed_run_equals_the_run_trained_alone(tmp_path, data):
         [json.loads(json.dumps(p)) for p in packed]
 
 
-def test_an_interrupted_pack_resumes_every_member_from_its_checkpoint(tmp_path, data):
-    cfgs = members()
+@pytest.mark.parametrize("kind", ["mixed", "trials"])
+def test_an_interrupted_pack_resumes_every_member_from_its_checkpoint(tmp_path, data, kind):
+    cfgs = members(kind=kind)
     whole = train_pack(cfgs, [tmp_path / f"whole{i}" for i in range(3)], **data)
     dirs = [tmp_path / f"split{i}" for i in range(3)]
     with pytest.raises(KeyboardInterrupt):
@@ -123,6 +145,29 @@ def test_a_diverging_member_is_marked_diverged_while_the_others_finish(tmp_path,
     alone = train_run(cfgs[1], tmp_path / "alone1", **data)
     assert alone["status"] == "diverged" and alone["inputs"] == packed[1]["inputs"]
     for i in (0, 2):  # the others are untouched by their diverged neighbour
+        train_run(cfgs[i], tmp_path / f"alone{i}", **data)
+        assert max_rel(tmp_path / f"alone{i}", tmp_path / f"pack{i}") < REL
+
+
+def test_a_member_diverging_in_a_stacked_step_leaves_the_others_their_own(tmp_path, data, monkeypatch,
+                                                                           stacked_steps):
+    """Members stepping as one (trials of one setting): when one diverges, the others go on one by one,
+    each on its own optimizer state, and still end as they would alone."""
+    cfgs = members(kind="trials")
+    losses, calls = PackedModel.losses, []
+
+    def second_turns_nan(self, x, seeds):
+        out = losses(self, x, seeds)
+        calls.append(1)
+        return out * torch.tensor([1.0, math.nan if len(calls) > 4 else 1.0, 1.0]) if len(out) == 3 else out
+
+    monkeypatch.setattr(PackedModel, "losses", second_turns_nan)
+    packed = train_pack(cfgs, [tmp_path / f"pack{i}" for i in range(3)], **data)
+    assert [s["status"] for s in packed] == ["finished", "diverged", "finished"]
+    assert 4 <= len(stacked_steps) < 640 // 32  # stacked until the divergence, one by one after it
+    assert stacked_steps[0] == [(0, 3)]
+    monkeypatch.undo()
+    for i in (0, 2):
         train_run(cfgs[i], tmp_path / f"alone{i}", **data)
         assert max_rel(tmp_path / f"alone{i}", tmp_path / f"pack{i}") < REL
 

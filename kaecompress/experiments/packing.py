@@ -8,6 +8,8 @@ How: each member is built and resumed exactly as `train.train_run` does it (same
 loader). Then every parameter is stacked into one (members, ...) leaf tensor and each member's own
 parameters become views of its slice, so that its module, its optimizer (one per member, the one its
 config names, stepped on its slice of the stacked gradient) and its state dict keep working unchanged.
+Members whose optimizers step alike (trials of one setting) step as one optimizer over their slices
+(StackedOptimizers), their own optimizers' states views of its state.
 One forward pass runs all members at once: grouped convolutions (groups = members) and batched matrix
 products for the dense layers, each member on its own batch drawn in its own data order; a codec run's
 rate comes from its stacked prior (entropy.interval_mass) over its own noise draws. Validation,
@@ -108,9 +110,10 @@ class PackedModel:
 
         self.models = models
         self.names = [name for name, _ in models[0].named_parameters()]
+        self.params = [[m.get_parameter(name) for name in self.names] for m in models]  # per member, in names' order
         self.stacked: dict = {}
-        for name in self.names:
-            params = [m.get_parameter(name) for m in models]
+        for k, name in enumerate(self.names):
+            params = [member[k] for member in self.params]
             stacked = torch.stack([p.detach() for p in params]).requires_grad_(True)
             for i, p in enumerate(params):
                 p.data = stacked.detach()[i]  # the member's parameter is now its slice: one storage for all
@@ -199,15 +202,14 @@ class PackedModel:
     def zero_grad(self) -> None:
         for t in self.stacked.values():
             t.grad = None
-        for model in self.models:
-            for param in model.parameters():
+        for member in self.params:
+            for param in member:
                 param.grad = None
 
     def hand_grads(self, i: int) -> None:
         """Member i's slice of each stacked gradient, as the gradient its own optimizer steps on."""
-        model = self.models[i]
-        for name in self.names:
-            model.get_parameter(name).grad = self.stacked[name].grad[i]
+        for param, name in zip(self.params[i], self.names):
+            param.grad = self.stacked[name].grad[i]
 
     def clear(self, i: int) -> None:
         """Zero a diverged member's weights, so that its NaNs cost nothing further in the shared pass."""
@@ -216,6 +218,124 @@ class PackedModel:
         with torch.no_grad():
             for t in self.stacked.values():
                 t[i].zero_()
+
+
+# Optimizers whose update of each number depends only on that number's own gradient and state: one of them
+# over several members' stacked parameters steps each member as its own would.
+ELEMENTWISE_OPTIMIZERS = ("adam", "adamw", "sgd")
+_SAME_STEP = ("optimizer", "lr", "weight_decay", "lr_schedule", "lr_drop_at")
+
+
+def step_signature(cfg: RunConfig) -> tuple | None:
+    """Runs with equal signatures step alike (the same elementwise optimizer, settings and learning-rate
+    schedule: trials of one setting, say); None: this run's optimizer steps on its own."""
+    if cfg.train.optimizer.lower() not in ELEMENTWISE_OPTIMIZERS:
+        return None
+    return tuple(repr(getattr(cfg.train, k)) for k in _SAME_STEP)
+
+
+class StackedOptimizers:
+    """The members' optimizer steps, a group at a time: consecutive members with the same step_signature
+    (and optimizer states that agree) share one optimizer over their slice of the stacked parameters, which
+    costs Python one step, not one per member; the others step on their own. The members' optimizers keep
+    their state as views of their group's, so that their checkpoints are what they would be alone;
+    `unstack()` gives each its own copy back, after which they step one by one again."""
+
+    def __init__(self, packed: PackedModel, cfgs: list[RunConfig], optimizers: list) -> None:
+        self.packed, self.cfgs, self.optimizers = packed, cfgs, optimizers
+        self.groups: list[tuple[int, int, object]] = []  # (first member, past the last, optimizer)
+        self.linked: set[int] = set()
+        self.alone: list[int] = []
+        start = 0
+        while start < len(cfgs):
+            stop = start + 1
+            while stop < len(cfgs) and step_signature(cfgs[stop]) == step_signature(cfgs[start]):
+                stop += 1
+            if stop - start > 1 and step_signature(cfgs[start]) is not None and self._agree(start, stop):
+                self._group(start, stop)
+            else:
+                self.alone += range(start, stop)
+            start = stop
+
+    def _states(self, start: int, stop: int) -> list[list[dict]]:
+        """Per parameter (in names' order), the members' optimizer states."""
+        return [[self.optimizers[i].state.get(self.packed.params[i][k], {}) for i in range(start, stop)]
+                for k in range(len(self.packed.names))]
+
+    def _agree(self, start: int, stop: int) -> bool:
+        """The members' states hold the same entries and the same step count: one group state can hold them."""
+        import torch
+
+        for first, *others in self._states(start, stop):
+            for state in others:
+                if state.keys() != first.keys():
+                    return False
+                for key, value in first.items():
+                    if not _per_number(value) and not (torch.equal(state[key], value)
+                                                       if isinstance(value, torch.Tensor) else state[key] == value):
+                        return False
+        return True
+
+    def _group(self, start: int, stop: int) -> None:
+        import torch
+
+        from kaecompress.experiments.train import make_optimizer
+
+        tc = self.cfgs[start].train
+        views = [self.packed.stacked[name].detach()[start:stop] for name in self.packed.names]  # share storage
+        optimizer = make_optimizer(tc.optimizer, views, tc.lr, tc.weight_decay)
+        index = len(self.groups)
+        self.groups.append((start, stop, optimizer))
+        states = self._states(start, stop)
+        if any(states[0]):  # resumed: the members' saved states, stacked
+            for view, per_member in zip(views, states):
+                optimizer.state[view] = {key: torch.stack([s[key] for s in per_member]) if _per_number(value)
+                                         else value for key, value in per_member[0].items()}
+            self._link(index)
+
+    def step(self, inputs: int) -> None:
+        from kaecompress.experiments.train import learning_rate
+
+        for index, (start, stop, optimizer) in enumerate(self.groups):
+            for view, name in zip(optimizer.param_groups[0]["params"], self.packed.names):
+                view.grad = self.packed.stacked[name].grad[start:stop]
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(self.cfgs[start], inputs)
+            optimizer.step()
+            if index not in self.linked:  # a fresh group's first step created its state
+                self._link(index)
+        for i in self.alone:
+            self.packed.hand_grads(i)
+            self.optimizers[i].step()
+
+    def _link(self, index: int) -> None:
+        """Each member's optimizer state: its slice of every entry of its group's (the step count shared)."""
+        start, stop, optimizer = self.groups[index]
+        for view, k in zip(optimizer.param_groups[0]["params"], range(len(self.packed.names))):
+            state = optimizer.state[view]
+            for i in range(start, stop):
+                self.optimizers[i].state[self.packed.params[i][k]] = {
+                    key: value[i - start] if _per_number(value) else value for key, value in state.items()}
+        self.linked.add(index)
+
+    def unstack(self) -> None:
+        """Each member's optimizer state its own again (copied out), to step member by member from here."""
+        import torch
+
+        for start, stop, _ in self.groups:
+            for i in range(start, stop):
+                state = self.optimizers[i].state
+                for p in self.packed.params[i]:
+                    if p in state:
+                        state[p] = {key: value.clone() if isinstance(value, torch.Tensor) else value
+                                    for key, value in state[p].items()}
+
+
+def _per_number(value) -> bool:
+    """A state entry with one value per number of the parameter (not a scalar such as the step count)."""
+    import torch
+
+    return isinstance(value, torch.Tensor) and value.dim() > 0
 
 
 def _kae(x, coeffs, bias):
@@ -235,14 +355,25 @@ def _kae(x, coeffs, bias):
     return torch.baddbmm(const[:, None, :], torch.cat(powers, dim=2), weight.transpose(1, 2))
 
 
-class _Clone:
-    """A member's model as a checkpoint sees it: its slice copied out, so a file holds one member only."""
+class _Copied:
+    """A member's model or optimizer as a checkpoint sees it: every tensor of its state copied out of the
+    stacked ones, so that a file holds one member only (torch.save writes a view's whole storage)."""
 
-    def __init__(self, model) -> None:
-        self.model = model
+    def __init__(self, owner) -> None:
+        self.owner = owner
 
     def state_dict(self) -> dict:
-        return {k: v.clone() for k, v in self.model.state_dict().items()}
+        return _copied(self.owner.state_dict())
+
+
+def _copied(value):
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, dict):
+        return {k: _copied(v) for k, v in value.items()}
+    return value
 
 
 class _Member:
@@ -258,16 +389,19 @@ class _Member:
     def checkpoint(self) -> None:
         from kaecompress.experiments.train import _save_checkpoint
 
-        _save_checkpoint(self.run_dir / runs.CHECKPOINT, _Clone(self.model), self.optimizer, self.cfg, self.state,
-                         self.metrics)
+        _save_checkpoint(self.run_dir / runs.CHECKPOINT, _Copied(self.model), _Copied(self.optimizer),
+                         self.cfg, self.state, self.metrics)
 
 
 def train_pack(cfgs: list[RunConfig], run_dirs: list[str | Path], *, train_images,
                val_images, device: str | None = None, progresses: list | None = None,
-               max_memory: int | None = None, threads: int | None = None) -> list[dict]:
+               max_memory: int | None = None, threads: int | None = None,
+               stack_optimizers: bool = True) -> list[dict]:
     """Train `cfgs` into `run_dirs` as one pack (each resuming from its own checkpoint); their summaries,
     in order. Finished runs are returned as they are; runs that cannot share the pack (another resume
-    point) are trained alone with `train.train_run`. Ctrl-C checkpoints every member and re-raises."""
+    point) are trained alone with `train.train_run`. Ctrl-C checkpoints every member and re-raises.
+    Members whose optimizers step alike step as one (`StackedOptimizers`) unless `stack_optimizers` is
+    False (benchmarks/pack_speed.py compares)."""
     from kaecompress.experiments.resources import check_memory, default_limit, env_threads
     from kaecompress.experiments.train import _threads
 
@@ -278,7 +412,7 @@ def train_pack(cfgs: list[RunConfig], run_dirs: list[str | Path], *, train_image
         members: list[_Member] = []
         try:
             return _train_pack(cfgs, [Path(d) for d in run_dirs], train_images, val_images, device, progresses,
-                               members)
+                               members, stack_optimizers)
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
@@ -289,7 +423,8 @@ def train_pack(cfgs: list[RunConfig], run_dirs: list[str | Path], *, train_image
                             "checkpoints kept (free some space and run the same command again to resume)") from None
 
 
-def _train_pack(cfgs, run_dirs, train_images, val_images, device, progresses, members) -> list[dict]:
+def _train_pack(cfgs, run_dirs, train_images, val_images, device, progresses, members,
+                stack_optimizers) -> list[dict]:
     from kaecompress.experiments.train import _Scalars, _Silent, resolve_device, resumed_model, train_run
 
     summaries: list[dict | None] = [None] * len(cfgs)
@@ -328,6 +463,11 @@ def _train_pack(cfgs, run_dirs, train_images, val_images, device, progresses, me
             from kaecompress.experiments.train import prepare_run_dir
 
             prepare_run_dir(m.run_dir, m.cfg, m.status, m.state.inputs)
+        # members that step alike side by side, to step as one group (StackedOptimizers)
+        order = {}
+        for m in members:
+            order.setdefault(step_signature(m.cfg) or ("alone", m.index), []).append(m)
+        members[:] = [m for group in order.values() for m in group]
         codec = members[0].cfg.codec is not None
         packed = PackedModel([m.model for m in members], [m.cfg.codec.lmbda for m in members] if codec else None)
         stack = contextlib.ExitStack()
@@ -336,7 +476,7 @@ def _train_pack(cfgs, run_dirs, train_images, val_images, device, progresses, me
                 m.metrics = stack.enter_context(_open_metrics(m.run_dir))
                 m.scalars = _Scalars(m.run_dir / "tb")
                 stack.callback(m.scalars.close)
-            _pack_loop(members, packed, train_images, val_images, dev)
+            _pack_loop(members, packed, train_images, val_images, dev, stack_optimizers)
         for m in members:
             summaries[m.index] = m.summary
     return summaries
@@ -360,7 +500,8 @@ def _finish(member: _Member, status: str, dev, val_images) -> None:
                                 save_checkpoint=member.checkpoint)
 
 
-def _pack_loop(members: list[_Member], packed: PackedModel, train_images, val_images, dev) -> None:
+def _pack_loop(members: list[_Member], packed: PackedModel, train_images, val_images, dev,
+               stack_optimizers: bool = True) -> None:
     import torch
 
     from kaecompress.experiments.train import (_interrupt_at_batch_end, _write, epoch_order, evaluate, learning_rate,
@@ -380,11 +521,16 @@ def _pack_loop(members: list[_Member], packed: PackedModel, train_images, val_im
     def live():
         return [members[i] for i in active]
 
+    stacked = [StackedOptimizers(packed, [m.cfg for m in members], [m.optimizer for m in members])] \
+        if stack_optimizers else []
+
     def diverge(i: int, row: dict) -> None:
         m = members[i]
         _write(m.metrics, row)
         active.remove(i)
         packed.clear(i)
+        if stacked:  # the others step one by one from here, each on its own state
+            stacked.pop().unstack()
         _finish(m, "diverged", dev, val_images)
 
     for model in packed.models:
@@ -407,9 +553,12 @@ def _pack_loop(members: list[_Member], packed: PackedModel, train_images, val_im
                     losses = packed.losses(x, [noise_seed(m.cfg, inputs) for m in members])
                     packed.zero_grad()
                     (losses.sum() if len(active) == count else losses[active].sum()).backward()
-                    for i in active:
-                        packed.hand_grads(i)
-                        members[i].optimizer.step()
+                    if stacked:
+                        stacked[0].step(inputs)
+                    else:
+                        for i in active:
+                            packed.hand_grads(i)
+                            members[i].optimizer.step()
                     loss_sum += losses.detach() * size
                     inputs += size
                     for m in live():
